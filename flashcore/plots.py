@@ -23,7 +23,7 @@ def plt():
 def source_note(fig, record) -> None:
     """Stamp the chart with the record it was drawn from (run id, GPU, commit)."""
     p = record["provenance"]
-    fig.text(0.01, 0.005, f"data: run {record['run_id']} · {p.get('gpu')} · commit {str(p.get('commit'))[:10]}",
+    fig.text(0.01, -0.04, f"data: run {record['run_id']} · {p.get('gpu')} · commit {str(p.get('commit'))[:10]}",
              fontsize=6, color="#777777", ha="left", va="bottom")
 
 
