@@ -173,3 +173,15 @@ def md(text: str) -> None:
     except Exception:
         pass
     print(text)
+
+
+def downloads(record: records.Record) -> None:
+    """Download links for the record and every file beside it (.ncu-rep), with how to open them."""
+    base = f"/runs/{record.dir.parent.name}/{record['run_id']}"     # a leading / is the book's root
+    lines = [f"**Data behind this page** — run `{record['run_id']}`:", "",
+             f"- {{download}}`run.json <{base}/run.json>` (the record: provenance, every result row)"]
+    for f in record.get("files", []):
+        if f.endswith(".ncu-rep"):
+            lines.append(f"- {{download}}`{f} <{base}/{f}>` — Nsight Compute report: open it in the Nsight "
+                         f"Compute GUI (`ncu-ui {f}`) or print it with `ncu --import {f} --page details`")
+    md("\n".join(lines))
