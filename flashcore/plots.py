@@ -1,6 +1,7 @@
 """Chart plumbing shared by the chapters: one style, one place figures go, and the replay note on each chart."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .paths import FIGURES_DIR
@@ -33,7 +34,8 @@ def save(fig, name: str, record=None) -> Path:
         raise ValueError(f"figure name must be a plain file stem, got {name!r}")
     if record is not None:
         source_note(fig, record)
-    FIGURES_DIR.mkdir(parents=True, exist_ok=True)
-    path = FIGURES_DIR / f"{name}.png"
+    out = Path(os.environ.get("FLASHCORE_FIGURES_DIR", FIGURES_DIR))   # tests point this at a temp folder
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.png"
     fig.savefig(path, bbox_inches="tight")
     return path
