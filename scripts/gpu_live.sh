@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One command for a GPU host with no internet access: execute every notebook LIVE (papermill, mode=live) and
+# leave the new records in runs/<gpu>/ and the charts in figures/, ready to commit.
+#
+#   bash scripts/gpu_live.sh                      # all notebooks
+#   bash scripts/gpu_live.sh 01_v12_baseline      # some of them (stems, space-separated)
+#
+# The host needs CUDA, ncu, compute-sanitizer and a python3 with torch + cupy. What it lacks to run notebooks
+# (papermill, ipykernel and their closure) comes from .whl/, filled beforehand on a machine with package access
+# by scripts/prepare_gpu_wheels.sh, and is installed into a scratch folder with --no-index: nothing is fetched.
+# Records carry the commit: commit your code first (or the record says dirty=true, honestly).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+SITE="${FLASHCORE_SITE:-/tmp/flashcore-site}"
+if ! "$PY" -c "import papermill, ipykernel" 2>/dev/null; then
+  if ! ls .whl/*.whl >/dev/null 2>&1; then
+    echo "papermill/ipykernel are missing and .whl/ is empty: run scripts/prepare_gpu_wheels.sh where pip works" >&2
+    exit 2
+  fi
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+fi
+# Provenance: the commit of this tree (a copy without .git passes it in FLASHCORE_COMMIT / FLASHCORE_DIRTY).
+if git rev-parse HEAD >/dev/null 2>&1; then
+  export FLASHCORE_COMMIT="${FLASHCORE_COMMIT:-$(git rev-parse HEAD)}"
+  if [ -z "${FLASHCORE_DIRTY:-}" ]; then
+    if [ -n "$(git status --porcelain --untracked-files=no)" ]; then export FLASHCORE_DIRTY=1; else export FLASHCORE_DIRTY=0; fi
+  fi
+fi
+export PYTHONUNBUFFERED=1
+args=()
+if [ "$#" -gt 0 ]; then args=(--only "$(IFS=,; echo "$*")"); fi
+exec "$PY" scripts/build_book.py --mode live --no-build "${args[@]}"
