@@ -1,0 +1,406 @@
+// v11_pipeline — the original's "expert" kernel (Oct 2025) that compiled and never finished, rebuilt from its design
+// facts so that the hang can be reproduced, diagnosed and explained.
+//
+// What it is: v12's tiles, roles and smem layout (32 query rows × 48 keys, 512 threads = 16 warps: warps 0–10
+//   compute, 11–14 load, 15 softmax; scores/probabilities/accumulator in smem, persistent CTAs over (batch·head)),
+//   plus a 2-stage K/V ring driven by a block-scope `cuda::pipeline`:
+//   * the pipeline is created for the whole block with NO role argument:
+//       `cuda::make_pipeline(this_thread_block(), &state)`   (state: `__shared__ pipeline_shared_state<block, 2>`);
+//   * only the 4 load warps call producer_acquire(), issue 16-byte `cuda::memcpy_async` copies of K and V, and
+//     producer_commit(); every thread calls consumer_wait() before Q·Kᵀ and consumer_release() after P·V;
+//   * loop: tile 0 prefetched before the key loop; iteration i prefetches tile i+1 into the other stage, waits for
+//     tile i, then Q·Kᵀ → barrier → softmax (one warp) → barrier → P·V → release → barrier.
+// What changed from its parent (v12_baseline): the loads (scalar, all threads, one buffer) became a 2-stage pipeline
+//   fed by the load warps only. Predicted effect (the original's hope): load latency hidden behind compute.
+// What libcu++ does with that (cuda/pipeline, read in the chapter): the role-less make_pipeline initialises BOTH
+//   barriers of every stage ("produced", "consumed") with an expected arrival count of group.size() = 512, i.e.
+//   every thread of the block is a producer AND a consumer. producer_commit() is one arrival on "produced";
+//   consumer_wait() waits for the phase of "produced" to complete. The model checker (flashcore/modelcheck.py) and
+//   the GPU watchdog below show what that means when only 128 threads ever commit.
+//
+// The WATCHDOG build option (the chapter's spec always sets it: this kernel is never launched without it). Every wait
+//   that can block is bounded by a budget of `wd_budget` clock64 cycles, measured from the start of that wait:
+//   * pipeline waits: `cuda::pipeline` has a bounded consumer_wait_for() but no bounded producer_acquire(), so the
+//     watchdog polls the very mbarrier the pipeline would wait on (stage s's "produced"/"consumed" barrier inside
+//     the pipeline_shared_state, located by layout, static_asserted below) with the same phase parity the pipeline
+//     tracks (mirrored per thread exactly as libcu++ updates head/tail/parities), using mbarrier.test_wait.parity;
+//     once the phase is complete the real pipeline call runs (and returns at once);
+//   * __syncthreads() becomes an mbarrier with 512 expected arrivals (arrive + bounded test_wait.parity poll):
+//     a bar.sync cannot be abandoned, so with some threads gone it would hang;
+//   * on timeout a thread sets a global abort flag (every other waiting thread then gives up too, recording where
+//     it was) and the first lane of each warp writes one record: CTA, warp, lane, role, wait site, stage, phase
+//     index and parity, key tile, query tile, head, the arrivals counted on that barrier so far (a shared-memory
+//     mirror: +1 per producer_commit / consumer_release / block arrival), the expected count, the raw mbarrier
+//     word (opaque: a plain load of it reads 0 on the H100) and the cycles waited. Then the thread returns.
+//     flashcore/watchdog.py decodes the buffer.
+//   Extra kernel arguments (after softmax_scale) when WATCHDOG is set: `int* wd_buf, long long wd_budget`.
+#include <cuda_fp16.h>
+#include <mma.h>
+#include <cuda/pipeline>
+#include <cooperative_groups.h>
+
+#ifndef V11_ENTRY
+#define V11_ENTRY v11_pipeline
+#endif
+#ifndef V11_FIXED              // 1 in kernels/v11_fixed.cu only (this file is the as-designed kernel)
+#define V11_FIXED 0
+#endif
+#ifndef V11_DRAIN              // 1: a diagnostic build (chapter's synccheck probe): before exiting, every thread waits
+#define V11_DRAIN 0            //    for the last 'consumed' phase of each stage it released into
+#endif
+
+using namespace nvcuda;
+namespace cg = cooperative_groups;
+
+#define BM 32                    // query rows per tile
+#define BN 48                    // keys per tile
+#define D 64                     // head dim
+#define LDH (D + 8)              // Q/K/V smem row stride (halves)
+#define LDS (BN + 16)            // score/prob smem row stride (elements)
+#define LDO D                    // accumulator row stride (floats)
+#define NTHREADS 512
+#define NWARPS 16
+#define LOAD_WARP0 11            // warps 11..14 are the load warps
+#define N_LOAD_WARPS 4
+#define SOFTMAX_WARP 15
+#define STAGES 2
+#define NEG_BIG (-1e30f)
+
+#define OFF_Q 0
+#define OFF_K (OFF_Q + BM * LDH * 2)
+#define OFF_V (OFF_K + STAGES * BN * LDH * 2)
+#define OFF_S (OFF_V + STAGES * BN * LDH * 2)
+#define OFF_P (OFF_S + BM * LDS * 4)
+#define OFF_O (OFF_P + BM * LDS * 2)
+#define OFF_M (OFF_O + BM * LDO * 4)
+#define OFF_L (OFF_M + BM * 4)
+#define SMEM_TOTAL (OFF_L + BM * 4)
+
+enum Role { ROLE_COMPUTE = 0, ROLE_LOAD = 1, ROLE_SOFTMAX = 2 };
+enum Site { SITE_PRODUCER_ACQUIRE = 1, SITE_CONSUMER_WAIT = 2, SITE_BAR_Q = 3, SITE_BAR_QK = 4,
+            SITE_BAR_SOFTMAX = 5, SITE_BAR_RELEASE = 6, SITE_BAR_STORE = 7 };
+
+__device__ __forceinline__ int role_of(int warp) {
+  return warp == SOFTMAX_WARP ? ROLE_SOFTMAX : (warp >= LOAD_WARP0 && warp < LOAD_WARP0 + N_LOAD_WARPS)
+                                                   ? ROLE_LOAD : ROLE_COMPUTE;
+}
+
+// ------------------------------------------------------------------------------------------- the math (v12's)
+__device__ __forceinline__ void load_q_tile(__half* Qs, const __half* src, int q0, int seq) {
+  for (int i = threadIdx.x; i < BM * D; i += NTHREADS) {     // scalar copies by every thread, as in v12
+    int r = i / D, c = i % D;
+    Qs[r * LDH + c] = (q0 + r < seq) ? src[(size_t)(q0 + r) * D + c] : __float2half(0.f);
+  }
+}
+
+// the load warps' part of a K/V tile: 16-byte memcpy_async into the pipeline's stage; rows ≥ seq get zero stores
+__device__ __forceinline__ void issue_kv_copies(__half* Kst, __half* Vst, const __half* kh, const __half* vh,
+                                                int k0, int seq, cuda::pipeline<cuda::thread_scope_block>& pipe) {
+  const int lt = threadIdx.x - LOAD_WARP0 * 32;              // 0..127
+  for (int i = lt; i < BN * (D / 8); i += N_LOAD_WARPS * 32) {
+    int r = i / (D / 8), c = (i % (D / 8)) * 8;
+    if (k0 + r < seq) {
+      cuda::memcpy_async(Kst + r * LDH + c, kh + (size_t)(k0 + r) * D + c, cuda::aligned_size_t<16>(16), pipe);
+      cuda::memcpy_async(Vst + r * LDH + c, vh + (size_t)(k0 + r) * D + c, cuda::aligned_size_t<16>(16), pipe);
+    } else {
+      *reinterpret_cast<uint4*>(Kst + r * LDH + c) = make_uint4(0, 0, 0, 0);
+      *reinterpret_cast<uint4*>(Vst + r * LDH + c) = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
+__device__ __forceinline__ void qk_scores(const __half* Qs, const __half* Ks, float* Ss, float scale, int warp) {
+  if (warp >= 6) return;                                      // warps 0–5: 2×3 WMMA tiles
+  const int rt = warp / 3, ct = warp % 3;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::fill_fragment(acc, 0.f);
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b;
+    wmma::load_matrix_sync(a, Qs + rt * 16 * LDH + kk * 16, LDH);
+    wmma::load_matrix_sync(b, Ks + ct * 16 * LDH + kk * 16, LDH);
+    wmma::mma_sync(acc, a, b, acc);
+  }
+#pragma unroll
+  for (int i = 0; i < acc.num_elements; ++i) acc.x[i] *= scale;
+  wmma::store_matrix_sync(Ss + rt * 16 * LDS + ct * 16, acc, LDS, wmma::mem_row_major);
+}
+
+__device__ __forceinline__ void online_softmax_update(const float* Ss, __half* Ps, float* Os, float* ms, float* ls,
+                                                      int kv_valid, int warp, int lane) {
+  if (warp != SOFTMAX_WARP) return;                           // the one softmax warp: lane = row
+  const int r = lane;
+  const float* srow = Ss + r * LDS;
+  const float m_old = ms[r];
+  float mx = m_old;
+  for (int c = 0; c < kv_valid; ++c) mx = fmaxf(mx, srow[c]);
+  float sum = 0.f;
+  for (int c = 0; c < BN; ++c) {
+    const float p = (c < kv_valid) ? __expf(srow[c] - mx) : 0.f;
+    Ps[r * LDS + c] = __float2half(p);
+    sum += p;
+  }
+  const float alpha = __expf(m_old - mx);
+  ls[r] = ls[r] * alpha + sum;
+  ms[r] = mx;
+  for (int c = 0; c < D; ++c) Os[r * LDO + c] *= alpha;
+}
+
+__device__ __forceinline__ void pv_accumulate(const __half* Ps, const __half* Vs, float* Os, int warp) {
+  if (warp >= 8) return;                                      // warps 0–7: 2×4 WMMA tiles
+  const int rt = warp / 4, ct = warp % 4;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::load_matrix_sync(acc, Os + rt * 16 * LDO + ct * 16, LDO, wmma::mem_row_major);
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; ++kk) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> b;
+    wmma::load_matrix_sync(a, Ps + rt * 16 * LDS + kk * 16, LDS);
+    wmma::load_matrix_sync(b, Vs + kk * 16 * LDH + ct * 16, LDH);
+    wmma::mma_sync(acc, a, b, acc);
+  }
+  wmma::store_matrix_sync(Os + rt * 16 * LDO + ct * 16, acc, LDO, wmma::mem_row_major);
+}
+
+__device__ __forceinline__ void store_output(__half* o, const float* Os, const float* ls, int q0, int seq_q) {
+  for (int i = threadIdx.x; i < BM * D; i += NTHREADS) {
+    int r = i / D, c = i % D;
+    if (q0 + r < seq_q) o[(size_t)(q0 + r) * D + c] = __float2half(Os[r * LDO + c] / ls[r]);
+  }
+}
+
+// ------------------------------------------------------------------------------------------- mbarrier helpers
+typedef cuda::barrier<cuda::thread_scope_block> block_barrier_t;
+typedef cuda::pipeline_shared_state<cuda::thread_scope_block, STAGES> pipe_state_t;
+static_assert(sizeof(block_barrier_t) == 8, "libcu++ block barrier is expected to be one 8-byte mbarrier");
+static_assert(sizeof(pipe_state_t) >= STAGES * 2 * sizeof(block_barrier_t) + 4,
+              "pipeline_shared_state layout: stages[{produced, consumed}] then the refcount");
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ bool mbar_test_parity(unsigned addr, unsigned parity) {
+  unsigned ok;
+  asm volatile("{\n .reg .pred p;\n mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+               " selp.u32 %0, 1, 0, p;\n}" : "=r"(ok) : "r"(addr), "r"(parity) : "memory");
+  return ok != 0;
+}
+__device__ __forceinline__ void mbar_init(unsigned addr, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(addr), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned addr) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(addr) : "memory");
+}
+__device__ __forceinline__ unsigned long long mbar_raw(unsigned addr) {
+  unsigned long long w;
+  asm volatile("ld.volatile.shared.b64 %0, [%1];" : "=l"(w) : "r"(addr) : "memory");
+  return w;
+}
+
+// ------------------------------------------------------------------------------------------- the watchdog
+#ifdef WATCHDOG
+#define WD_HEADER 8              // ints: [0] abort flag, [1] records written, [2] capacity, [3] record ints
+#define WD_REC 20                // ints per record (one per warp: slot = cta * 16 + warp)
+
+struct Watchdog {
+  int* buf;
+  long long budget;
+  int role, warp, lane, head_idx, qtile, ktile, iter;
+};
+
+// poll one mbarrier phase with a budget; false = gave up (the record is written, the caller returns)
+__device__ __noinline__ bool wd_wait(const Watchdog& w, unsigned addr, unsigned parity, int site, int stage,
+                                     int phase, const unsigned* arrivals, unsigned expected) {
+  if (mbar_test_parity(addr, parity)) return true;
+  volatile int* abort_flag = w.buf;
+  const long long t0 = clock64();
+  int reason;
+  while (true) {
+    if (mbar_test_parity(addr, parity)) return true;
+    if (*abort_flag) { reason = 2; break; }                  // someone else timed out: give up, say where we are
+    if (clock64() - t0 > w.budget) { reason = 1; atomicExch(w.buf, 1); break; }
+    __nanosleep(128);
+  }
+  const long long waited = clock64() - t0;
+  int* rec = w.buf + WD_HEADER + (blockIdx.x * NWARPS + w.warp) * WD_REC;
+  if (atomicCAS(rec, 0, reason) == 0) {                      // the first lane of the warp to give up writes
+    const unsigned long long raw = mbar_raw(addr);
+    rec[1] = blockIdx.x;  rec[2] = w.warp;  rec[3] = w.lane;  rec[4] = w.role;  rec[5] = site;
+    rec[6] = stage;       rec[7] = (int)parity;  rec[8] = w.ktile;  rec[9] = w.qtile;  rec[10] = w.head_idx;
+    rec[11] = w.iter;     rec[12] = (int)*(volatile const unsigned*)arrivals;  rec[13] = (int)expected;
+    rec[14] = (int)(raw & 0xffffffffu);  rec[15] = (int)(raw >> 32);
+    rec[16] = (int)(waited > 0x7fffffffLL ? 0x7fffffff : waited);  rec[17] = phase;  rec[18] = 0;  rec[19] = 0;
+    __threadfence();
+    atomicAdd(w.buf + 1, 1);
+  }
+  return false;
+}
+#define WD_ONLY(x) x
+#else
+#define WD_ONLY(x)
+#endif
+
+// ------------------------------------------------------------------------------------------- the kernel
+extern "C" __global__ void __launch_bounds__(NTHREADS, 1)
+V11_ENTRY(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
+          __half* __restrict__ o, int bh, int seq_q, int seq_kv, float softmax_scale
+#ifdef WATCHDOG
+          , int* __restrict__ wd_buf, long long wd_budget
+#endif
+          ) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  __half* Qs = reinterpret_cast<__half*>(smem + OFF_Q);
+  __half* Ks = reinterpret_cast<__half*>(smem + OFF_K);
+  __half* Vs = reinterpret_cast<__half*>(smem + OFF_V);
+  float* Ss = reinterpret_cast<float*>(smem + OFF_S);
+  __half* Ps = reinterpret_cast<__half*>(smem + OFF_P);
+  float* Os = reinterpret_cast<float*>(smem + OFF_O);
+  float* ms = reinterpret_cast<float*>(smem + OFF_M);
+  float* ls = reinterpret_cast<float*>(smem + OFF_L);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int role = role_of(warp);
+  const int n_qt = (seq_q + BM - 1) / BM, n_kt = (seq_kv + BN - 1) / BN;
+
+  // nvcc warns "dynamic initialization is not supported for a __shared__ variable" here, as the original did:
+  // the constructor does not run; make_pipeline initialises the barriers instead.
+  __shared__ cuda::pipeline_shared_state<cuda::thread_scope_block, STAGES> pipe_state;
+#ifdef WATCHDOG
+  __shared__ __align__(8) unsigned long long wd_block_bar;   // the bounded stand-in for __syncthreads
+  __shared__ unsigned wd_arrivals[STAGES][2];               // mirror: arrivals on [stage][produced, consumed]
+  __shared__ unsigned wd_block_arrivals;
+  if (threadIdx.x == 0) {
+    mbar_init(smem_addr(&wd_block_bar), NTHREADS);
+    for (int s = 0; s < STAGES; ++s) wd_arrivals[s][0] = wd_arrivals[s][1] = 0;
+    wd_block_arrivals = 0;
+  }
+  // (make_pipeline's own group sync below publishes these)
+#endif
+  auto block = cg::this_thread_block();
+  cuda::pipeline<cuda::thread_scope_block> pipe = cuda::make_pipeline(block, &pipe_state);   // no role: v11's call
+
+#ifdef WATCHDOG
+  const block_barrier_t* wd_stage_bars = reinterpret_cast<const block_barrier_t*>(&pipe_state);
+  auto bar_addr = [&](int stage, int which) {                 // which: 0 = produced, 1 = consumed
+    return smem_addr(cuda::device::barrier_native_handle(
+        const_cast<block_barrier_t&>(wd_stage_bars[2 * stage + which])));
+  };
+  const unsigned wd_expected = (unsigned)block.size();       // what the role-less make_pipeline gave both barriers
+  Watchdog w{wd_buf, wd_budget, role, warp, lane, 0, 0, 0, 0};
+  int m_head = 0, m_tail = 0;                                 // mirror of the pipeline's head/tail/parities
+  unsigned m_cons_par = 1, m_prod_par = 0, m_block_par = 0;
+  int n_acq[STAGES] = {0, 0}, n_wait[STAGES] = {0, 0}, n_block = 0;
+#define PRODUCER_ACQUIRE()                                                                                          \
+  do {                                                                                                             \
+    if (!wd_wait(w, bar_addr(m_head, 1), m_cons_par, SITE_PRODUCER_ACQUIRE, m_head, n_acq[m_head],                \
+                 &wd_arrivals[m_head][1], wd_expected)) return;                                                    \
+    ++n_acq[m_head];                                                                                               \
+    pipe.producer_acquire();                                                                                       \
+  } while (0)
+#define PRODUCER_COMMIT()                                                                                           \
+  do {                                                                                                             \
+    pipe.producer_commit();                                                                                        \
+    atomicAdd(&wd_arrivals[m_head][0], 1u);                                                                        \
+    if (++m_head == STAGES) { m_head = 0; m_cons_par ^= 1u; }                                                      \
+  } while (0)
+#define CONSUMER_WAIT()                                                                                             \
+  do {                                                                                                             \
+    if (!wd_wait(w, bar_addr(m_tail, 0), m_prod_par, SITE_CONSUMER_WAIT, m_tail, n_wait[m_tail],                  \
+                 &wd_arrivals[m_tail][0], wd_expected)) return;                                                    \
+    ++n_wait[m_tail];                                                                                              \
+    pipe.consumer_wait();                                                                                          \
+  } while (0)
+#define CONSUMER_RELEASE()                                                                                          \
+  do {                                                                                                             \
+    pipe.consumer_release();                                                                                       \
+    atomicAdd(&wd_arrivals[m_tail][1], 1u);                                                                        \
+    if (++m_tail == STAGES) { m_tail = 0; m_prod_par ^= 1u; }                                                      \
+  } while (0)
+#define BLOCK_SYNC(site)                                                                                            \
+  do {                                                                                                             \
+    mbar_arrive(smem_addr(&wd_block_bar));                                                                         \
+    atomicAdd(&wd_block_arrivals, 1u);                                                                             \
+    if (!wd_wait(w, smem_addr(&wd_block_bar), m_block_par, site, -1, n_block, &wd_block_arrivals, NTHREADS))      \
+      return;                                                                                                      \
+    m_block_par ^= 1u; ++n_block;                                                                                  \
+  } while (0)
+#else
+#define PRODUCER_ACQUIRE() pipe.producer_acquire()
+#define PRODUCER_COMMIT() pipe.producer_commit()
+#define CONSUMER_WAIT() pipe.consumer_wait()
+#define CONSUMER_RELEASE() pipe.consumer_release()
+#define BLOCK_SYNC(site) __syncthreads()
+#endif
+
+  // The helper that loads one K/V tile into a stage. As designed, only the load warps take part in the pipeline's
+  // producer side. (V11_FIXED: every thread acquires and commits — the pipeline was made for all of them — and
+  // only the load warps issue copies.)
+#if V11_FIXED
+#define LOAD_KV_TILE(tile)                                                                                          \
+  do {                                                                                                             \
+    PRODUCER_ACQUIRE();                                                                                            \
+    if (role == ROLE_LOAD) {                                                                                       \
+      const int st_ = n_prod & 1;   /* = the pipeline's head */                                                                                  \
+      issue_kv_copies(Ks + st_ * BN * LDH, Vs + st_ * BN * LDH, kh, vh, (tile) * BN, seq_kv, pipe);                \
+    }                                                                                                              \
+    PRODUCER_COMMIT();                                                                                             \
+    ++n_prod;                                                                                                      \
+  } while (0)
+#else
+#define LOAD_KV_TILE(tile)                                                                                          \
+  do {                                                                                                             \
+    if (role == ROLE_LOAD) {                                                                                       \
+      const int st_ = n_prod & 1;   /* = the pipeline's head */                                                                                  \
+      PRODUCER_ACQUIRE();                                                                                          \
+      issue_kv_copies(Ks + st_ * BN * LDH, Vs + st_ * BN * LDH, kh, vh, (tile) * BN, seq_kv, pipe);                \
+      PRODUCER_COMMIT();                                                                                           \
+      ++n_prod;                                                                                                    \
+    }                                                                                                              \
+  } while (0)
+#endif
+
+  // tiles produced / consumed so far by this thread: the ring slot of a tile is its count mod 2, which is exactly
+  // the pipeline's head / tail (the count carries on across query tiles and heads, like the pipeline's state)
+  int iter = 0, n_prod = 0, n_cons = 0;
+  for (int h = blockIdx.x; h < bh; h += gridDim.x) {          // persistent: (batch·head) with stride gridDim.x
+    const __half* qh = q + (size_t)h * seq_q * D;
+    const __half* kh = k + (size_t)h * seq_kv * D;
+    const __half* vh = v + (size_t)h * seq_kv * D;
+    WD_ONLY(w.head_idx = h;)
+    for (int qt = 0; qt < n_qt; ++qt) {
+      const int q0 = qt * BM;
+      WD_ONLY(w.qtile = qt; w.ktile = -1;)
+      load_q_tile(Qs, qh, q0, seq_q);
+      for (int i = threadIdx.x; i < BM * LDO; i += NTHREADS) Os[i] = 0.f;
+      if (threadIdx.x < BM) { ms[threadIdx.x] = NEG_BIG; ls[threadIdx.x] = 0.f; }
+      BLOCK_SYNC(SITE_BAR_Q);                                 // Q, O, m, l ready
+      LOAD_KV_TILE(0);                                        // prefetch tile 0
+      for (int kt = 0; kt < n_kt; ++kt, ++iter) {
+        WD_ONLY(w.ktile = kt; w.iter = iter;)
+        const int stage = n_cons & 1;                        // = the pipeline's tail
+        if (kt + 1 < n_kt) LOAD_KV_TILE(kt + 1);              // tile kt+1 into the other stage
+        CONSUMER_WAIT();                                      // tile kt has landed
+        qk_scores(Qs, Ks + stage * BN * LDH, Ss, softmax_scale, warp);
+        BLOCK_SYNC(SITE_BAR_QK);
+        online_softmax_update(Ss, Ps, Os, ms, ls, min(BN, seq_kv - kt * BN), warp, lane);
+        BLOCK_SYNC(SITE_BAR_SOFTMAX);
+        pv_accumulate(Ps, Vs + stage * BN * LDH, Os, warp);
+        CONSUMER_RELEASE();                                   // the stage may be refilled
+        ++n_cons;
+        BLOCK_SYNC(SITE_BAR_RELEASE);
+      }
+      WD_ONLY(w.ktile = n_kt;)
+      store_output(o + (size_t)h * seq_q * D, Os, ls, q0, seq_q);
+      BLOCK_SYNC(SITE_BAR_STORE);                             // Q, O, m, l are re-initialised by the next tile
+    }
+  }
+#if V11_DRAIN
+  {
+    block_barrier_t* bars = reinterpret_cast<block_barrier_t*>(&pipe_state);
+    for (int s = 0; s < STAGES; ++s) {
+      const int released = (n_cons + (STAGES - 1 - s)) / STAGES;   // tiles g ≡ s (mod 2) this thread released
+      if (released == 0) continue;
+      const unsigned addr = smem_addr(cuda::device::barrier_native_handle(bars[2 * s + 1]));
+      while (!mbar_test_parity(addr, (unsigned)((released - 1) & 1))) {}
+    }
+  }
+#endif
+}

@@ -1,0 +1,652 @@
+"""The library face on CPU: validation errors, the dispatch table, the CLI, the fuzz generator, record writing.
+
+No GPU: validation runs on descriptors (fake CUDA devices) and CPU tensors; the dispatch table on synthetic specs
+and evidence; the CLI's GPU work is replaced by fakes that return made-up results (never shown in the book).
+"""
+import json
+import math
+
+import pytest
+
+from flashcore import dispatch, fuzz, kernels, records, sweep
+from flashcore import __main__ as cli
+from flashcore.kernels import KernelSpec
+from flashcore.validate import ArrayDesc, check_scale, contiguous_strides, describe, validate
+
+torch = pytest.importorskip("torch")
+
+PROV = dict(gpu="Test GPU", gpu_slug="test-gpu", sm="sm_90", driver="0", cuda="13.0", torch="x", cupy="x",
+            commit="1" * 40, dirty=False, date="2026-01-01T00:00:00+00:00", command="pytest", notebook="cli")
+
+
+def desc(shape=(1, 8, 512, 64), dtype="float16", device="cuda:0", strides=None, ptr=1 << 20, lib="torch",
+         requires_grad=False):
+    return ArrayDesc(dtype=dtype, shape=tuple(shape), strides=tuple(strides or contiguous_strides(shape)),
+                     device=device, data_ptr=ptr, lib=lib, requires_grad=requires_grad)
+
+
+def qkv(**kw):
+    return desc(**kw), desc(**kw), desc(**kw)
+
+
+# ------------------------------------------------------------------------------------------------ validation
+def test_valid_plan():
+    plan = validate(*qkv())
+    assert (plan.B, plan.H, plan.S_q, plan.S_kv, plan.D, plan.bh) == (1, 8, 512, 512, 64, 8)
+    assert plan.scale == 1 / 8 and not plan.empty and not plan.copies and plan.out_shape == (1, 8, 512, 64)
+
+
+def test_cross_lengths_plan():
+    plan = validate(desc(shape=(2, 4, 100, 64)), desc(shape=(2, 4, 1000, 64)), desc(shape=(2, 4, 1000, 64)))
+    assert (plan.S_q, plan.S_kv, plan.out_shape) == (100, 1000, (2, 4, 100, 64))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64", "int16"])
+def test_wrong_dtype_names_argument_and_expected(dtype):
+    q, k, v = qkv()
+    with pytest.raises(TypeError, match=rf"k\.dtype must be torch\.float16, got torch\.{dtype}"):
+        validate(q, desc(dtype=dtype), v)
+
+
+def test_wrong_dtype_cupy_names():
+    with pytest.raises(TypeError, match=r"q\.dtype must be cupy\.float16, got cupy\.float32"):
+        validate(desc(dtype="float32", lib="cupy"), desc(lib="cupy"), desc(lib="cupy"))
+
+
+def test_cpu_tensor_refused():
+    q = torch.zeros(1, 2, 16, 64, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"q\.device must be a CUDA device, got cpu"):
+        validate(describe(q, "q"), describe(q, "k"), describe(q, "v"))
+
+
+def test_cpu_tensor_wrong_dtype_is_a_type_error():
+    q = torch.zeros(1, 2, 16, 64, dtype=torch.float32)
+    with pytest.raises(TypeError, match=r"q\.dtype must be torch\.float16, got torch\.float32"):
+        validate(describe(q, "q"), describe(q, "k"), describe(q, "v"))
+
+
+def test_mismatched_devices():
+    with pytest.raises(ValueError, match=r"one device.*v\.device=cuda:1"):
+        validate(desc(), desc(), desc(device="cuda:1"))
+
+
+def test_mixed_libraries():
+    with pytest.raises(TypeError, match="one library"):
+        validate(desc(), desc(lib="cupy"), desc())
+
+
+@pytest.mark.parametrize("shape", [(8, 512, 64), (1, 1, 8, 512, 64), (64,)])
+def test_wrong_rank(shape):
+    with pytest.raises(ValueError, match=r"q must have 4 dims \[B, H, S, D\], got %d dims" % len(shape)):
+        validate(desc(shape=shape), desc(), desc())
+
+
+@pytest.mark.parametrize("k_shape,v_shape,pattern", [
+    ((2, 8, 512, 64), (2, 8, 512, 64), r"k\.shape\[0\] \(B\) must equal q\.shape\[0\] = 1, got 2"),
+    ((1, 4, 512, 64), (1, 4, 512, 64), r"k\.shape\[1\] \(H\) must equal q\.shape\[1\] = 8, got 4"),
+    ((1, 8, 512, 32), (1, 8, 512, 32), r"k\.shape\[3\] \(D\) must equal q\.shape\[3\] = 64, got 32"),
+    ((1, 8, 512, 64), (1, 8, 500, 64), r"v\.shape must equal k\.shape \[1, 8, 512, 64\], got \[1, 8, 500, 64\]"),
+])
+def test_mismatched_shapes(k_shape, v_shape, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        validate(desc(), desc(shape=k_shape), desc(shape=v_shape))
+
+
+@pytest.mark.parametrize("D", [128, 32, 96])
+def test_unsupported_head_dim(D):
+    with pytest.raises(NotImplementedError, match=rf"D={D} is not supported yet: q\.shape\[3\] must be 64"):
+        validate(*qkv(shape=(1, 8, 128, D)))
+
+
+def test_non_contiguous_copy_or_refuse():
+    t = torch.zeros(1, 64, 8, 64, dtype=torch.float16).transpose(1, 2)     # [1, 8, 64, 64], not contiguous
+    d = describe(t, "q")
+    assert not d.contiguous and not t.is_contiguous()
+    fake = ArrayDesc(**{**d.__dict__, "device": "cuda:0"})
+    good = desc(shape=(1, 8, 64, 64))
+    plan = validate(fake, good, good)
+    assert "not contiguous" in plan.copies["q"] and set(plan.copies) == {"q"}
+    with pytest.raises(ValueError, match=r"q must be contiguous and 16-byte aligned, got not contiguous"):
+        validate(fake, good, good, copy=False)
+
+
+def test_unaligned_copy_or_refuse():
+    bad = desc(ptr=(1 << 20) + 2)
+    plan = validate(desc(), desc(), bad)
+    assert "not 16-byte aligned" in plan.copies["v"]
+    with pytest.raises(ValueError, match=r"v must be contiguous and 16-byte aligned, got data_ptr 0x100002"):
+        validate(desc(), desc(), bad, copy=False)
+
+
+def test_size_one_dims_any_stride_is_contiguous():
+    d = desc(shape=(1, 1, 5, 64), strides=(7, 3, 64, 1))
+    assert d.contiguous
+
+
+def test_cpu_tensor_descriptor_matches_torch():
+    base = torch.zeros(2 * 3 * 5 * 64 + 1, dtype=torch.float16)
+    view = base[1:].view(2, 3, 5, 64)
+    d = describe(view, "q")
+    assert d.shape == (2, 3, 5, 64) and d.contiguous and d.device == "cpu" and d.strides == (960, 320, 64, 1)
+    assert d.data_ptr == view.data_ptr() and (d.aligned == (view.data_ptr() % 16 == 0))
+
+
+@pytest.mark.parametrize("shape", [(0, 8, 512, 64), (1, 0, 512, 64), (1, 8, 0, 64)])
+def test_empty_inputs_return_empty(shape):
+    k_shape = shape if shape[2] else (shape[0], shape[1], 512, 64)
+    plan = validate(desc(shape=shape), desc(shape=k_shape), desc(shape=k_shape))
+    assert plan.empty and plan.out_shape == shape
+
+
+def test_empty_keys_with_queries_is_an_error():
+    with pytest.raises(ValueError, match=r"k\.shape\[2\] \(S_kv\) must be ≥ 1"):
+        validate(desc(), desc(shape=(1, 8, 0, 64)), desc(shape=(1, 8, 0, 64)))
+
+
+@pytest.mark.parametrize("scale,exc,pattern", [
+    (float("nan"), ValueError, "scale must be a finite float, got nan"),
+    (float("inf"), ValueError, "scale must be a finite float, got inf"),
+    ("0.1", TypeError, "scale must be a float or None, got str"),
+    (True, TypeError, "scale must be a float or None, got bool"),
+    ([0.1], TypeError, "scale must be a float or None, got list"),
+])
+def test_bad_scale(scale, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        validate(*qkv(), scale=scale)
+
+
+def test_good_scale():
+    assert check_scale(None) == 0.125 and check_scale(0.5) == 0.5 and check_scale(2) == 2.0
+    assert validate(*qkv(), scale=torch.tensor(0.25)).scale == 0.25
+
+
+def test_int32_limit():
+    big = (1, 1, 1 << 25, 64)            # exactly 2**31 elements: one too many for int32 indexing
+    with pytest.raises(ValueError, match=r"q must have fewer than 2\*\*31 elements .* got 2147483648"):
+        validate(desc(shape=big), desc(shape=(1, 1, 16, 64)), desc(shape=(1, 1, 16, 64)))
+    ok = (1, 1, (1 << 25) - 1, 64)
+    assert not validate(desc(shape=ok), desc(shape=ok), desc(shape=ok)).empty
+
+
+def test_requires_grad_refused_under_autograd():
+    q = desc(requires_grad=True)
+    with pytest.raises(NotImplementedError, match=r"q\.requires_grad must be False"):
+        validate(q, desc(), desc(), grad_enabled=True)
+    assert validate(q, desc(), desc(), grad_enabled=False)
+
+
+def test_not_an_array():
+    with pytest.raises(TypeError, match="k must be a torch tensor or a CuPy array, got None"):
+        describe(None, "k")
+    with pytest.raises(TypeError):
+        validate(desc(), "k", desc())
+
+
+def test_api_rejects_before_launch():
+    """The library call raises the validation error with CPU tensors: nothing compiled, nothing launched."""
+    from flashcore import api
+
+    q = torch.zeros(1, 2, 16, 64, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"q\.device must be a CUDA device, got cpu"):
+        api.attention(q, q, q)
+    with pytest.raises(TypeError, match=r"q must be a torch\.Tensor or a cupy\.ndarray, got builtins\.list"):
+        api.attention([1], q, q)
+    with pytest.raises(TypeError, match=r"k\.dtype must be torch\.float16, got torch\.float32"):
+        api.attention(q, q.float(), q)
+    np = pytest.importorskip("numpy")
+    with pytest.raises(TypeError, match="numpy"):
+        api.attention(np.zeros((1, 2, 16, 64), np.float16), q, q)
+
+
+def test_nan_inf_documented_behaviour_cpu():
+    """book/library.md's NaN/Inf claims that a CPU can test: SDPA (CPU) and the fp64 formula."""
+    import torch.nn.functional as F
+
+    from flashcore.reference import attention_ref64
+
+    cases = fuzz.special_inputs(device="cpu")
+    rows = {n: (fuzz.nonfinite_rows(F.scaled_dot_product_attention(q.float(), k.float(), v.float())),
+                fuzz.nonfinite_rows(attention_ref64(q, k, v))) for n, (q, k, v) in cases.items()}
+    # NaN in one query row: that output row only, in SDPA and in the formula
+    assert rows["nan_q"][0] == rows["nan_q"][1] == [(0, 0, 3)]
+    # NaN in one key: every query row of that head
+    assert rows["nan_k"][0] == rows["nan_k"][1] == [(0, 1, s) for s in range(100)]
+    # every score of a row is -inf: the formula gives NaN (0/0), SDPA gives a finite row (zeros)
+    assert rows["neg_inf_row"][1] == [(0, 1, 7)] and rows["neg_inf_row"][0] == []
+    q, k, v = cases["neg_inf_row"]
+    assert torch.all(F.scaled_dot_product_attention(q.float(), k.float(), v.float())[0, 1, 7] == 0)
+
+
+# ---------------------------------------------------------------------------------------------- dispatch
+def spec(kid, cross=True, max_seq=1 << 30, predicted=None, expect_failure=False, smem=0, threads=128):
+    return KernelSpec(id=kid, source=f"{kid}.cu", entry=kid, threads=threads,
+                      grid=lambda s: (kernels.cdiv(s.seq_q, 64), s.bh, 1), smem_bytes=lambda s, m=smem: m,
+                      cross=cross, max_seq=max_seq, predicted_us=predicted, expect_failure=expect_failure)
+
+
+def rec(run_id, date, rows):
+    return {"run_id": run_id, "provenance": {"date": date}, "results": rows}
+
+
+def row(kernel, S=512, median=None, passed=None, **kw):
+    return dict(kernel=kernel, B=1, H=8, S=S, S_kv=S, D=64, median_us=median, passed=passed, **kw)
+
+
+def test_empty_registry_is_a_clear_error():
+    with pytest.raises(dispatch.NoKernelError, match="registry is empty"):
+        dispatch.choose(1, 8, 512, 512, [])
+
+
+def test_library_kernel_first_in_the_table():
+    c = dispatch.choose(1, 8, 512, 512, [spec("a", predicted=1.0), spec("flashcore", predicted=9.0)])
+    assert c.kernel == "flashcore" and c.reason.startswith("table")
+
+
+def test_failed_library_kernel_falls_back():
+    ev = dispatch.evidence_from_records([rec("r1", "2026-01-01", [row("flashcore", passed=False),
+                                                                  row("a", median=5.0, passed=True)])])
+    c = dispatch.choose(1, 8, 512, 512, [spec("a"), spec("flashcore")], ev)
+    assert c.kernel == "a" and "recorded r1" in c.reason
+
+
+def test_launch_problems_rule_kernels_out():
+    specs = [spec("nocross", cross=False), spec("short", max_seq=256), spec("kept", expect_failure=True),
+             spec("fat", smem=300 * 1024), spec("wide", threads=2048)]
+    with pytest.raises(dispatch.NoKernelError) as e:
+        dispatch.choose(1, 8, 100, 1000, specs)
+    msg = str(e.value)
+    for part in ("nocross: needs S_q == S_kv", "short: max_seq=256 < 1000", "kept: kept as a failure",
+                 "fat: needs 307200 B of dynamic shared memory", "wide: 2048 threads per block"):
+        assert part in msg
+    ev = dispatch.evidence_from_records([rec("r", "2026-01-01", [row(s.id, passed=True) for s in specs])])
+    assert dispatch.choose(1, 8, 100, 100, specs, ev).kernel == "nocross"
+    with pytest.raises(dispatch.NoKernelError, match="nocross: no recorded check"):
+        dispatch.choose(1, 8, 100, 100, specs)          # a fallback must be verified
+
+
+def test_unrecorded_library_kernel_is_used():
+    """The table's own kernel needs no record (the author's word); a fallback does."""
+    assert dispatch.choose(1, 8, 100, 100, [spec("flashcore")]).kernel == "flashcore"
+
+
+def test_grid_limit():
+    s = spec("ygrid")                              # grid.y = B·H
+    assert "exceeds CUDA's limits" in dispatch.launch_problem(s, 70000, 64, 64)
+    assert dispatch.launch_problem(s, 65535, 64, 64) is None
+
+
+def test_ranking_verified_by_time_unverified_dropped():
+    specs = [spec("slow"), spec("fast"), spec("unchecked", predicted=0.1), spec("pred_only", predicted=3.0),
+             spec("pred_b", predicted=2.0), spec("never")]
+    ev = dispatch.evidence_from_records([
+        rec("r1", "2026-01-01", [row("slow", median=50.0, passed=True), row("fast", median=5.0, passed=True),
+                                 row("unchecked", median=1.0)]),
+        rec("r2", "2026-01-02", [row("pred_only", passed=True), row("pred_b", passed=True)])])
+    ranked = dispatch.rank_by_records(sorted(s.id for s in specs), {s.id: s for s in specs}, ev, 8, 512, 512)
+    assert [k for k, _ in ranked] == ["fast", "slow", "pred_b", "pred_only"]
+    assert "checked in r2" in ranked[-1][1]
+    assert dispatch.choose(1, 8, 512, 512, specs, ev).kernel == "fast"
+
+
+def test_nearest_shape_row_is_used():
+    specs = [spec("a"), spec("b")]
+    ev = dispatch.evidence_from_records([rec("r", "2026-01-01", [
+        row("a", S=512, median=5.0, passed=True), row("a", S=16384, median=900.0, passed=True),
+        row("b", S=512, median=6.0, passed=True), row("b", S=16384, median=800.0, passed=True)])])
+    assert dispatch.choose(1, 8, 512, 512, specs, ev).kernel == "a"
+    assert dispatch.choose(1, 8, 16000, 16000, specs, ev).kernel == "b"
+
+
+def test_sweep_record_keeps_older_times_and_adds_failures():
+    older = rec("chapter", "2026-01-01", [row("a", median=5.0, passed=True), row("b", median=9.0, passed=True)])
+    newer = rec("sweep", "2026-01-02", [row("a", stage="sanitize", clean=False), row("b", stage="fuzz", passed=True)])
+    ev = dispatch.evidence_from_records([older, newer])
+    assert ev["a"]["failed"] and not ev["b"]["failed"]
+    assert ev["b"]["rows"][0]["median_us"] == 9.0 and ev["b"]["run_id"] == "chapter"
+    assert dispatch.choose(1, 8, 512, 512, [spec("a"), spec("b")], ev).kernel == "b"
+
+
+def test_newer_passing_check_readmits():
+    ev = dispatch.evidence_from_records([rec("old", "2026-01-01", [row("a", passed=False)]),
+                                         rec("new", "2026-01-02", [row("a", passed=True, median=4.0)])])
+    assert not ev["a"]["failed"] and ev["a"]["checked_in"] == "new"
+
+
+def test_tail_failure_rules_out():
+    ev = dispatch.evidence_from_records([rec("r", "2026-01-01", [row("a", median=1.0, passed=True,
+                                                                     tail_passed=False)])])
+    assert ev["a"]["failed"]
+    with pytest.raises(dispatch.NoKernelError, match="failed its newest recorded check"):
+        dispatch.choose(1, 8, 512, 512, [spec("a")], ev)
+
+
+def test_recorded_evidence_reads_runs_dir(tmp_path):
+    run = records.Run("00_method", runs_dir=tmp_path, provenance=dict(PROV, notebook="00_method"))
+    run.add_result("a", 1, 8, 512, passed=True)
+    run.save()
+    dispatch.recorded_evidence.cache_clear()
+    ev = dispatch.recorded_evidence("test-gpu", str(tmp_path))
+    assert ev["a"]["checked_in"] == run.run_id and not ev["a"]["failed"]
+    assert dispatch.recorded_evidence("other", str(tmp_path / "none")) == {}
+
+
+def test_route_table_rows():
+    ev = dispatch.evidence_from_records([rec("r", "2026-01-01", [row("a", passed=True)])])
+    rows = dispatch.route_table([spec("a", cross=False)], ev)
+    assert {r["kernel"] for r in rows if r["S_q"] == r["S_kv"]} == {"a"}
+    assert all(r["kernel"] is None for r in rows if r["S_q"] != r["S_kv"])
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+def test_cli_parses_shapes():
+    a = cli.parse_args(["check", "v8_seed", "--shape", "1,8,512,64;2,4,1000,64,77", "--mode", "replay"])
+    assert a.command == "check" and a.kernel == "v8_seed" and a.mode == "replay" and a.runs == 3
+    assert a.shape == [(1, 8, 512, 64, 512), (2, 4, 1000, 64, 77)]
+    b = cli.parse_args(["bench", "x", "--shape", "1,8,512,64", "--peers", "sdpa_cudnn", "--samples", "10"])
+    assert b.peers == ["sdpa_cudnn"] and b.samples == 10 and b.mode == "auto"
+    assert cli.parse_args(["list"]).command == "list"
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["check", "x", "--shape", "1,8,512,128"], "D must be 64"),
+    (["check", "x", "--shape", "1,8,512"], "B,H,S,D"),
+    (["check", "x", "--shape", "1,8,0,64"], "positive ints"),
+    (["check", "x"], "--shape"),
+    (["frobnicate", "x", "--shape", "1,8,512,64"], "invalid choice"),
+    (["check", "x", "--shape", "1,8,512,64", "--mode", "fast"], "invalid choice"),
+    (["check", "x", "--shape", "1,8,512,64", "--runs", "0"], "--runs must be"),
+    (["bench", "x", "--shape", "1,8,512,64", "--peers", "sdpa_magic"], "sdpa_magic not in"),
+    (["bench", "x", "--shape", "1,8,512,64", "--samples", "2"], "--samples must be"),
+])
+def test_cli_argument_errors(argv, pattern, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.parse_args(argv)
+    assert e.value.code == 2
+    assert pattern in capsys.readouterr().err
+
+
+def test_cli_resolve_kernel():
+    specs = [spec("v8_seed", cross=False)]
+    assert cli.resolve_kernel("v8_seed", "check", specs) == "v8_seed"
+    assert cli.resolve_kernel("triton_attention", "bench", specs) == "triton_attention"
+    with pytest.raises(cli.CliError, match=r"unknown kernel 'flashcore': expected a registered kernel id \(v8_seed\)"):
+        cli.resolve_kernel("flashcore", "check", specs)
+    with pytest.raises(cli.CliError, match="none registered yet"):
+        cli.resolve_kernel("flashcore", "check", [])
+    with pytest.raises(cli.CliError, match="profile runs registered CUDA kernels"):
+        cli.resolve_kernel("triton_attention", "profile", specs)
+    assert "S_q == S_kv" in cli.check_shape("v8_seed", (1, 8, 100, 64, 200), specs)
+    assert cli.check_shape("v8_seed", (1, 8, 100, 64, 100), specs) is None
+
+
+def test_cli_list_prints_registry_and_table(capsys):
+    ev = dispatch.evidence_from_records([rec("r", "2026-01-01", [row("a", passed=True)])])
+    text = cli.list_text([spec("a"), spec("kept", expect_failure=True)], evidence=ev)
+    assert "Registered kernels (2)" in text and "expect_failure" in text and "prefer flashcore" in text
+    assert "S_q=512    S_kv=512    → a" in text
+    assert "none registered yet" in cli.list_text([], evidence={})
+    assert cli.main(["list"]) == 0 and "Dispatch table" in capsys.readouterr().out
+
+
+def test_cli_unknown_kernel_exit_code(monkeypatch, capsys):
+    monkeypatch.setattr(kernels, "all_specs", lambda chapter=None: [])
+    assert cli.main(["check", "flashcore", "--shape", "1,8,512,64", "--mode", "replay"]) == 2
+    assert "unknown kernel 'flashcore'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """A registry of one kernel, and measurements that return made-up results without a GPU."""
+    from flashcore.bench import summarize
+    from flashcore.check import CheckResult
+
+    monkeypatch.setattr(kernels, "all_specs", lambda chapter=None: [spec("k1")])
+
+    def fake_check(kernel, shape, seed, runs=3):
+        B, H, S, D, S_kv = shape
+        ok = S != 13          # S=13 plays a failing kernel
+        return dict(check=CheckResult(kernel, B, H, S, S_kv, D, seed, 1e-3 if ok else 1.0, 1e-3, 2.01e-3, ok, True,
+                                      runs, 0, 0))
+
+    def fake_bench(kernel, shape, seed, samples=50, launches_per_graph=20, peers=()):
+        out = fake_check(kernel, shape, seed)
+        out["timing"] = summarize([5.0, 6.0, 7.0], launches_per_graph, "fake")
+        out["peers"] = {p: summarize([9.0, 9.0, 9.0], launches_per_graph, "fake") for p in peers}
+        return out
+
+    monkeypatch.setattr(cli, "measure_check", fake_check)
+    monkeypatch.setattr(cli, "measure_bench", fake_bench)
+
+
+def test_cli_check_writes_a_record(tmp_path, fake_gpu, capsys):
+    code = cli.main(["check", "k1", "--shape", "1,8,512,64;2,2,100,64,7", "--mode", "live", "--runs-dir",
+                     str(tmp_path), "--no-progress"], provenance=dict(PROV))
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "recorded" in out and "2,2,100,64,7" in out and "kernel" in out.splitlines()[0]
+    (path,) = list(tmp_path.glob("*/*/run.json"))
+    rec = records.load(path)
+    assert rec["run_id"].endswith("-cli") and rec.provenance["notebook"] == "cli"
+    assert rec["params"]["command"] == "check" and rec["params"]["kernel"] == "k1"
+    assert [(r["S"], r["S_kv"], r["passed"], r["stage"]) for r in rec["results"]] == [(512, 512, True, "check"),
+                                                                                     (100, 7, True, "check")]
+
+
+def test_cli_failing_check_exit_status(tmp_path, fake_gpu):
+    code = cli.main(["check", "k1", "--shape", "1,1,13,64", "--mode", "live", "--runs-dir", str(tmp_path),
+                     "--no-progress"], provenance=dict(PROV))
+    assert code == 1
+    (path,) = list(tmp_path.glob("*/*/run.json"))
+    assert records.load(path)["results"][0]["passed"] is False
+
+
+def test_cli_bench_record_and_replay(tmp_path, fake_gpu, capsys):
+    assert cli.main(["bench", "k1", "--shape", "1,8,512,64", "--mode", "live", "--runs-dir", str(tmp_path),
+                     "--no-progress"], provenance=dict(PROV)) == 0
+    (path,) = list(tmp_path.glob("*/*/run.json"))
+    rec = records.load(path)
+    assert {r["kernel"] for r in rec["results"]} == {"k1", "sdpa_cudnn", "sdpa_flash"}
+    assert rec.row(kernel="k1")["median_us"] == 6.0 and rec.row(kernel="k1")["tflops"] > 0
+    capsys.readouterr()
+    assert cli.main(["bench", "k1", "--shape", "1,8,512,64", "--mode", "replay", "--runs-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "replayed from" in out and "sdpa_cudnn" in out and "6.00" in out
+    assert cli.main(["check", "k1", "--shape", "1,8,1024,64", "--mode", "replay", "--runs-dir", str(tmp_path)]) == 1
+    assert "no recorded check row" in capsys.readouterr().err
+
+
+def test_cli_format_table():
+    text = cli.format_table([dict(kernel="a", B=1, H=8, S=512, D=64, S_kv=512, passed=True, max_abs_err=1e-4),
+                             dict(kernel="b", B=1, H=8, S=5, D=64, S_kv=9, passed=None, error="boom")],
+                            ("kernel", "shape", "passed", "max_abs_err"))
+    lines = text.splitlines()
+    assert lines[0].split() == ["kernel", "shape", "passed", "max_abs_err"]
+    assert "1,8,512,64" in lines[2] and "0.0001" in lines[2] and "1,8,5,64,9" in lines[3] and "(boom)" in lines[3]
+
+
+# --------------------------------------------------------------------------------------------- fuzz cases
+def test_fuzz_cases_cover_the_edges():
+    cases = fuzz.fuzz_cases(200, seed=0)
+    assert len(cases) == 200
+    assert any(c["S"] == 1 and c["S_kv"] == 1 for c in cases)
+    assert any(c["B"] * c["H"] == 1 for c in cases)
+    assert sum(1 for c in cases if c["S"] % 64 or c["S_kv"] % 64) >= 50
+    assert max(max(c["S"], c["S_kv"]) for c in cases) == 16384
+    assert sum(1 for c in cases if c["S"] != c["S_kv"]) >= 20
+    assert all(1 <= c["S"] <= 16384 and 1 <= c["S_kv"] <= 16384 and c["B"] >= 1 and c["H"] >= 1 for c in cases)
+    assert all(c["B"] * c["H"] * c["S"] * c["S_kv"] <= fuzz.DEFAULT_WORK for c in cases)
+    assert all(c["B"] * c["H"] * max(c["S"], c["S_kv"]) * 64 < 2 ** 31 for c in cases)
+    assert len({c["seed"] for c in cases}) == 200
+    assert len({(c["B"], c["H"], c["S"], c["S_kv"]) for c in cases}) > 150
+
+
+def test_fuzz_cases_are_deterministic_and_seeded():
+    assert fuzz.fuzz_cases(50, seed=3) == fuzz.fuzz_cases(50, seed=3)
+    assert fuzz.fuzz_cases(50, seed=3) != fuzz.fuzz_cases(50, seed=4)
+
+
+def test_fuzz_cases_respect_the_kernel():
+    cases = fuzz.fuzz_cases(120, cross=False, max_seq=1000)
+    assert all(c["S"] == c["S_kv"] <= 1000 for c in cases)
+    assert fuzz.fuzz_cases(3)[0] == dict(fuzz.fuzz_cases(3)[0]) and len(fuzz.fuzz_cases(3)) == 3
+    with pytest.raises(ValueError, match="n must be ≥ 1"):
+        fuzz.fuzz_cases(0)
+
+
+def test_cases_for_uses_the_spec(monkeypatch):
+    monkeypatch.setattr(kernels, "_REGISTRY", {"flashcore": spec("flashcore", cross=False, max_seq=4096)})
+    cases = fuzz.cases_for("flashcore", 60)
+    assert all(c["S"] == c["S_kv"] <= 4096 for c in cases)
+    assert any(c["S"] != c["S_kv"] for c in fuzz.cases_for("triton_attention", 60))
+
+
+def test_fuzz_summary():
+    rows = [dict(B=1, H=1, S=1, S_kv=1, seed=1, passed=True, deterministic=True, max_abs_err=1e-4, tol=2e-4),
+            dict(B=1, H=8, S=100, S_kv=7, seed=2, passed=False, deterministic=False, max_abs_err=1.0, tol=2e-4),
+            dict(B=2, H=2, S=64, S_kv=64, seed=3, passed=False, error="RuntimeError: x")]
+    s = fuzz.summarize("k", rows)
+    assert (s["cases"], s["failures"], s["nondeterministic"], s["passed"]) == (3, 2, 1, False)
+    assert s["s1_cases"] == 1 and s["bh1_cases"] == 1 and s["cross_cases"] == 1 and s["tail_cases"] == 2
+    assert math.isclose(s["worst_err_over_tol"], 5000.0) and len(s["errors"]) == 2
+    assert fuzz.summarize("k", rows[:1])["passed"]
+
+
+# ------------------------------------------------------------------------------------------------ sweep
+def test_sanitizer_kernels_skip_kept_failures():
+    assert sweep.sanitizer_kernels([spec("b"), spec("a"), spec("kept", expect_failure=True)]) == ["a", "b"]
+
+
+def test_sanitizer_rows_per_kernel_and_shape():
+    summary = dict(tool="memcheck", kernels=["a", "b"], finished=True, timed_out=False, per_launch=[
+        dict(kernel="a", shape="1,3,77,64", problems=0, first=""),
+        dict(kernel="a", shape="1,8,512,64", problems=2, first="Invalid __global__ read"),
+        dict(kernel="b", shape="1,3,77,64", problems=0, first="")])
+    rows = {(r["kernel"], r["shape"]): r for r in sweep.sanitizer_rows([summary], [(1, 3, 77, 64), (1, 8, 512, 64)])}
+    assert rows[("a", "1,3,77,64")]["clean"] and not rows[("a", "1,8,512,64")]["clean"]
+    assert rows[("a", "1,8,512,64")]["tools"]["memcheck"]["first"] == "Invalid __global__ read"
+    assert rows[("b", "1,8,512,64")]["clean"] is None        # never launched: not shown clean, not blamed
+    assert rows[("a", "1,8,512,64")]["clean"] is False
+
+
+def _sweep_record(tmp_path, fail=False):
+    run = records.Run("sweep", runs_dir=tmp_path, provenance=dict(PROV, notebook="sweep"))
+    rows = [dict(B=1, H=1, S=1, S_kv=1, seed=1, passed=True, deterministic=True, max_abs_err=1e-4, tol=2e-4),
+            dict(B=1, H=8, S=100, S_kv=7, seed=2, passed=not fail, deterministic=True, max_abs_err=1e-4, tol=2e-4)]
+    for r in rows:
+        run.add_result("flashcore", r["B"], r["H"], r["S"], S_kv=r["S_kv"], stage="fuzz", passed=r["passed"])
+    run.add_result("v8_seed", 1, 3, 77, stage="sanitize", clean=True, tools={})
+    run.extra["fuzz"] = {"flashcore": fuzz.summarize("flashcore", rows)}
+    run.extra["special_values"] = {"flashcore": {
+        "nan_q": dict(n_rows=1, sdpa_n_rows=1, ref64_n_rows=1, matches=True, matches_ref64=True),
+        "neg_inf_row": dict(n_rows=1, sdpa_n_rows=0, ref64_n_rows=1, matches=False, matches_ref64=True)}}
+    run.extra["sanitizer"] = dict(tools=["memcheck"], shapes=["1,3,77,64", "1,8,512,64"], kernels=["v8_seed"],
+                                  summaries=[dict(tool="memcheck", kernels=["v8_seed"], clean=True,
+                                                  summary="ERROR SUMMARY: 0 errors")],
+                                  verdicts=[dict(tool="memcheck", kernel="v8_seed", clean=True)])
+    return records.load(run.save())
+
+
+def test_status_rows_from_a_sweep_record(tmp_path):
+    rows = sweep.status_rows(_sweep_record(tmp_path))
+    assert [r["check"] for r in rows] == ["fuzz vs fp64 reference", "NaN/Inf propagation",
+                                          "compute-sanitizer memcheck"]
+    assert rows[0]["result"] == "2/2 passed" and rows[0]["passed"]
+    assert rows[1]["passed"] and "1/2 as SDPA" == rows[1]["result"]
+    assert rows[2]["result"] == "clean" and rows[2]["passed"]
+    json.dumps(rows)
+
+
+def test_status_rows_show_a_failure(tmp_path):
+    rows = sweep.status_rows(_sweep_record(tmp_path, fail=True))
+    assert rows[0]["result"] == "1/2 passed" and not rows[0]["passed"]
+
+
+def test_sweep_cli_argument_errors(capsys):
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--tools", "bogus"])
+    assert e.value.code == 2 and "not one of memcheck" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sweep.main(["--cases", "0"])
+
+
+def test_run_sweep_writes_one_record(tmp_path, monkeypatch, capsys):
+    """The sweep's bookkeeping with the GPU work replaced by fakes: one record, rows per case and kernel/shape."""
+    from flashcore import sanitize
+
+    def fake_fuzz(kid, n=200, seed=0, progress=True, runs=2):
+        return [dict(c, passed=True, deterministic=True, max_abs_err=1e-4, tol=2e-4, sdpa_err=1e-4, error=None)
+                for c in fuzz.fuzz_cases(n, seed=seed)]
+
+    def fake_sanitizer(tool, ids, shapes, timeout=600, extra=()):
+        per = [dict(kernel=k, shape=s, problems=0, first="") for k in ids for s in shapes.split(";")]
+        return dict(tool=tool, kernels=list(ids), shapes=shapes, clean=True, errors=0, warnings=0, exit_code=0,
+                    timed_out=False, finished=True, summary="ERROR SUMMARY: 0 errors", per_launch=per, log_tail="")
+
+    monkeypatch.setattr(fuzz, "fuzz_kernel", fake_fuzz)
+    monkeypatch.setattr(fuzz, "special_values", lambda fn, **kw: {
+        "nan_q": dict(n_rows=1, sdpa_n_rows=1, ref64_n_rows=1, matches=True, matches_ref64=True)})
+    monkeypatch.setattr(sanitize, "run_sanitizer", fake_sanitizer)
+    monkeypatch.setattr(sweep, "_library_fn", lambda kid: None)
+    monkeypatch.setattr(fuzz, "api_smoke", lambda kernel=None: [dict(name="x", ok=True, detail="")])
+    path, verdict = sweep.run_sweep(quick=True, runs_dir=tmp_path, fuzz_ids=["flashcore"], sanitize_ids=["a", "b"],
+                                    provenance=dict(PROV, notebook="sweep"), progress=False)
+    assert verdict["passed"] and verdict["sanitized_kernels"] == 2
+    rec = records.load(path)
+    assert rec["run_id"].endswith("-sweep") and rec.provenance["notebook"] == "sweep"
+    assert len(rec.rows(stage="fuzz")) == sweep.QUICK_CASES
+    assert {(r["kernel"], r["S"]) for r in rec.rows(stage="sanitize")} == {("a", 77), ("a", 512), ("b", 77),
+                                                                           ("b", 512)}
+    assert rec.ext("sanitizer")["tools"] == ["memcheck"] and rec.ext("fuzz")["flashcore"]["passed"]
+    assert [r["passed"] for r in sweep.status_rows(rec)] == [True, True, True, True]
+    # its rows are dispatch evidence: checked, clean, no times
+    ev = dispatch.evidence_from_records([rec])
+    assert ev["a"]["checked_in"] is None and not ev["a"]["failed"] and ev["a"]["rows"] == []   # clean ≠ correct
+    assert ev["flashcore"]["checked_in"] == rec["run_id"]
+
+
+def test_sanitize_tool_reruns_one_by_one_when_a_kernel_breaks_the_batch(monkeypatch):
+    from flashcore import sanitize
+
+    def fake(tool, ids, shapes, timeout=600, extra=()):
+        finished = "bad" not in ids
+        per = [dict(kernel=k, shape=s, problems=0, first="") for k in ids for s in shapes.split(";")
+               if finished or k < "bad"]
+        return dict(tool=tool, kernels=list(ids), shapes=shapes, clean=finished, errors=0 if finished else None,
+                    warnings=0, exit_code=0 if finished else 1, timed_out=False, finished=finished,
+                    summary="", per_launch=per, log_tail="")
+
+    monkeypatch.setattr(sanitize, "run_sanitizer", fake)
+    out = sweep.sanitize_tool("memcheck", ["a", "bad", "c"], "1,3,77,64;1,8,512,64")
+    assert out[0]["superseded"] and [s["kernels"] for s in out[1:]] == [["a"], ["bad"], ["c"]]
+    rows = {r["kernel"]: r["clean"] for r in sweep.sanitizer_rows(out[1:], [(1, 3, 77, 64), (1, 8, 512, 64)])}
+    assert rows == {"a": True, "bad": None, "c": True}     # not run to the end: unknown, neither clean nor blamed
+    assert sweep.sanitize_tool("memcheck", ["a", "c"], "1,3,77,64") == [fake("memcheck", ["a", "c"], "1,3,77,64")]
+
+
+def test_sanitize_tool_respects_the_deadline(monkeypatch):
+    import time
+
+    from flashcore import sanitize
+
+    seen = []
+
+    def fake(tool, ids, shapes, timeout=600, extra=()):
+        seen.append(timeout)
+        return dict(tool=tool, kernels=list(ids), shapes=shapes, clean=False, errors=None, warnings=0,
+                    exit_code=None, timed_out=True, finished=False, summary="", per_launch=[], log_tail="")
+
+    monkeypatch.setattr(sanitize, "run_sanitizer", fake)
+    out = sweep.sanitize_tool("racecheck", ["a", "b"], "1,3,77,64", timeout=300, deadline=time.time() + 5)
+    assert seen and seen[0] <= 5                       # the batch's timeout is capped by the budget
+    assert [s.get("summary", "") for s in out[1:]] == ["TimeoutError: not run: the sweep's time budget ran out"] * 2
+    assert not any(r["clean"] for r in sweep.sanitizer_rows(out[1:], [(1, 3, 77, 64)]))
+
+
+def test_cli_records_the_triton_config(tmp_path, fake_gpu, monkeypatch):
+    from flashcore import triton_peer
+
+    monkeypatch.setattr(triton_peer, "best_config", lambda S, S_kv=None: dict(BLOCK_M=64, BLOCK_N=64, S=S))
+    assert cli.main(["check", "triton_attention", "--shape", "1,8,512,64", "--mode", "live", "--runs-dir",
+                     str(tmp_path), "--no-progress"], provenance=dict(PROV)) == 0
+    (path,) = list(tmp_path.glob("*/*/run.json"))
+    assert records.load(path)["results"][0]["config"] == dict(BLOCK_M=64, BLOCK_N=64, S=512)
