@@ -234,10 +234,12 @@ def status_rows(record) -> List[dict]:
         bad = sorted({v["kernel"] for v in san.get("verdicts", []) if v["tool"] == tool and not v["clean"]})
         ok = all(s.get("clean") for s in mine) and not bad
         summary = "; ".join(dict.fromkeys(s.get("summary") or "" for s in mine if s.get("summary")))
+        not_run = all("not run" in (s.get("summary") or "") for s in mine)
         out.append(dict(check=f"compute-sanitizer {tool}",
                         subject=f"{len(kernels_)} kernels × {len(san.get('shapes', []))} shapes",
-                        result="clean" if ok else "problems",
-                        detail=summary[:300] + (f"; not clean: {', '.join(bad)}" if bad else ""), passed=ok))
+                        result="clean" if ok else ("not run (time budget)" if not_run else "problems"),
+                        detail=summary[:300] + (f"; not clean: {', '.join(bad)}" if bad and not not_run else ""),
+                        passed=ok))
     return out
 
 

@@ -35,7 +35,7 @@ rec = book.chapter(v12.NOTEBOOK, mode=mode, measure=v12.measure, device=device,
 h = v12.headline(rec)"""),
     md("""## What v12 is
 
-The kernel is [`kernels/v12_baseline.cu`](../kernels/v12_baseline.cu), written from the design facts the original
+The kernel is {download}`kernels/v12_baseline.cu </kernels/v12_baseline.cu>`, written from the design facts the original
 left (`designs.md`). One CTA of 512 threads (16 warps) owns a 32-row query tile and walks the keys 48 at a time:
 
 1. **every thread loads** the K and V tile from global memory, one 2-byte element at a time → barrier;
@@ -74,7 +74,7 @@ instruments every shared-memory access, so a small shape keeps it fast; the haza
     md("""### The shortcut that broke it
 
 The original tried to drop the fourth barrier of each key tile and got a max error of 0.173. Our
-[`kernels/v12_no_4th_barrier.cu`](../kernels/v12_no_4th_barrier.cu) is v12 with that one line gone. Without it,
+{download}`kernels/v12_no_4th_barrier.cu </kernels/v12_no_4th_barrier.cu>` is v12 with that one line gone. Without it,
 warps 8–15, which have no P·V work, run straight into the next tile's K/V load and overwrite V while warps 0–7 are
 still multiplying with it, and the finalize reads the accumulator while P·V may still be writing it."""),
     code("""r = v12.race_demo(rec)

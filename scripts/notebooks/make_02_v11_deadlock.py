@@ -39,7 +39,7 @@ rec = book.chapter(v11.NOTEBOOK, mode=mode, measure=v11.measure, device=device,
                    params=dict(v11.DEFAULTS, B=B, H=H, S=S, D=D, watchdog_cycles=watchdog_cycles, samples=samples))"""),
     md("""## What v11 is
 
-[`kernels/v11_pipeline.cu`](../kernels/v11_pipeline.cu) keeps v12's tiles, roles and shared-memory layout (32 query
+{download}`kernels/v11_pipeline.cu </kernels/v11_pipeline.cu>` keeps v12's tiles, roles and shared-memory layout (32 query
 rows × 48 keys, 512 threads: warps 0–10 compute, 11–14 load, 15 softmax) and adds a two-stage K/V ring:
 
 ```c++
@@ -48,7 +48,7 @@ auto pipe = cuda::make_pipeline(this_thread_block(), &state);      // no role ar
 ...
 if (warp is a load warp) { pipe.producer_acquire(); memcpy_async(K, V of tile i+1); pipe.producer_commit(); }
 pipe.consumer_wait();          // every thread
-Q·Kᵀ → __syncthreads → softmax → __syncthreads → P·V
+qk(); __syncthreads(); softmax(); __syncthreads(); pv();   // Q·Kᵀ, one softmax warp, P·V
 pipe.consumer_release();       // every thread
 __syncthreads();
 ```
@@ -85,7 +85,7 @@ the phase of *produced* to complete. So each phase of *produced* needs **512** a
 the load warps. The model checker turns this reading into a proof."""),
     md("""## 3 · The model checker
 
-[`flashcore/modelcheck.py`](../flashcore/modelcheck.py) models warps by role (load 128 threads, compute 352, softmax
+{download}`flashcore/modelcheck.py </flashcore/modelcheck.py>` models warps by role (load 128 threads, compute 352, softmax
 32), the pipeline op by op as libcu++ implements it (per-stage barriers with their expected counts, each thread's
 head/tail/parities), `__syncthreads` as a barrier counting all 512 threads, and the loop over a few key tiles. A
 breadth-first search over every interleaving returns the **shortest** trace to a stuck state. It is first tested on
@@ -110,7 +110,7 @@ Two fixes are possible. **(a)** Let every thread take part in the producer side 
 warps): *produced* then expects 128 — but *consumed* expects the other 384, and v11's load warps also call
 `consumer_release()`, so that barrier **over-arrives**: its phase completes before every consumer is done, and the
 producer may overwrite a stage still being read. The checker finds that race too (the `v11_role_overrelease` row);
-(b) needs a second change. [`kernels/v11_fixed.cu`](../kernels/v11_fixed.cu) is (a): one idea, the body otherwise
+(b) needs a second change. {download}`kernels/v11_fixed.cu </kernels/v11_fixed.cu>` is (a): one idea, the body otherwise
 identical."""),
     code("""print(v11.model_trace(rec, "v11_fixed"))
 print(v11.model_trace(rec, "v11_fixed_2qtiles"))"""),
@@ -141,7 +141,7 @@ are not about phases left unwaited at exit. Our reading — a synccheck false po
 not a protocol error in the kernel — agrees with the model checker (no over-arrival), racecheck (clean) and the
 numerics (every shape passes, bit-identical across runs), but it is **not verified**: the control that would
 settle it (synccheck on a textbook block-scope `cuda::pipeline` kernel) was not run."""),
-    code("""v11.timing_table(rec)"""),
+    code("""v11.timing_table(rec).round(3)"""),
     code("""v11.plot_timing(rec);"""),
     code("""t = v11.timing_table(rec)
 book.md(f'''At B{B} H{H} S{S}, v11_fixed takes {t.loc["v11_fixed", "median µs"]:.1f} µs, '''
@@ -150,7 +150,7 @@ book.md(f'''At B{B} H{H} S{S}, v11_fixed takes {t.loc["v11_fixed", "median µs"]
            f'''({t.loc["v12_baseline", "median µs"]:.1f} µs).''' if "v12_baseline" in t.index else
            " (v12_baseline was not registered in this run)."))"""),
     md("""### Does warp specialization pay here? What Nsight Compute says"""),
-    code("""v11.ncu_table(rec)"""),
+    code("""v11.ncu_table(rec).round(3)"""),
     code("""from flashcore import profile
 r_ = profile.rows_for(profile.read_report(rec.file(rec.ext("ncu_report"))), "v11_fixed")[0]
 st_ = profile.stall_breakdown(r_)

@@ -50,7 +50,7 @@ the model of the kernel in the header was wrong — the table below says by how 
         + (f", {h['fastest_us'] / h['triton']:.2f}× our Triton kernel's {h['triton']:.2f} µs" if h['triton'] else "")
         + f"). The kernel the scaling sweep follows, `{h['best']}`, takes {h['best_us']:.2f} µs "
         f"({h['best_x_cudnn']:.2f}× cuDNN).")"""),
-    new_code_cell("v8.ladder_table(rec)"),
+    new_code_cell("v8.ladder_table(rec).round(3)"),
     new_markdown_cell("""## Did each idea move the metric it was meant to move?
 
 A step's header names one Nsight Compute metric (the pipeline should cut *long-scoreboard* stalls, the padding should
@@ -58,14 +58,14 @@ cut *shared-memory bank conflicts*, the softmax rewrite should cut *barrier* sta
 *grid size* …). Here is that metric in the parent's report and in the step's own, from the reports stored with the
 record."""),
     new_code_cell("v8.plot_moving_metrics(rec);"),
-    new_code_cell("v8.metric_table(rec)"),
+    new_code_cell("v8.metric_table(rec).round(3)"),
     new_markdown_cell("""## Where the warps wait
 
 Nsight Compute's warp-state statistics, per step: for every issued instruction, how many warps were stalled and on
 what. The WMMA steps wait on barriers and shared memory; the register-resident steps should shift the bars toward
 the math pipes."""),
     new_code_cell("v8.plot_stalls(rec);"),
-    new_code_cell("v8.ncu_table(rec)"),
+    new_code_cell("v8.ncu_table(rec).round(3)"),
     new_markdown_cell("""## Evidence in the machine code
 
 Static instruction counts from `cuobjdump -sass` of each step's cubin: `LDGSTS` is cp.async, `LDSM` is ldmatrix,
@@ -80,8 +80,8 @@ and `compute-sanitizer` memcheck and racecheck at a small tail shape."""),
     new_code_cell("v8.check_table(rec)"),
     new_markdown_cell("## Scaling: the best step against cuDNN and flash from S = 128 to 16384"),
     new_code_cell("v8.plot_scaling(rec);"),
-    new_code_cell("v8.big_table(rec)"),
-    new_code_cell("v8.peers_table(rec)"),
+    new_code_cell("v8.big_table(rec).round(3)"),
+    new_code_cell("v8.peers_table(rec).round(3)"),
     new_code_cell("book.downloads(rec)"),
 ]
 
