@@ -13,13 +13,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 SITE="${FLASHCORE_SITE:-/tmp/flashcore-site}"
+RUNNER=papermill
 if ! "$PY" -c "import papermill, ipykernel" 2>/dev/null; then
-  if ! ls .whl/*.whl >/dev/null 2>&1; then
-    echo "papermill/ipykernel are missing and .whl/ is empty: run scripts/prepare_gpu_wheels.sh where pip works" >&2
-    exit 2
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  else
+    # No Jupyter here and no wheels to install it from: run each chapter's measurements without Jupyter
+    # (python -m flashcore.book run-live). The records are the same; their `command` says how they were made.
+    echo "papermill/ipykernel missing and .whl/ empty: recording with 'python -m flashcore.book run-live'" >&2
+    RUNNER=run-live
   fi
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
-  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 # Provenance: the commit of this tree (a copy without .git passes it in FLASHCORE_COMMIT / FLASHCORE_DIRTY).
 if git rev-parse HEAD >/dev/null 2>&1; then
@@ -29,6 +33,15 @@ if git rev-parse HEAD >/dev/null 2>&1; then
   fi
 fi
 export PYTHONUNBUFFERED=1
+if [ "$RUNNER" = run-live ]; then
+  if [ "$#" -gt 0 ]; then nbs=("$@"); else nbs=($(ls notebooks/[0-9][0-9]_*.ipynb | xargs -n1 basename | sed 's/\.ipynb$//')); fi
+  rc=0
+  for nb in "${nbs[@]}"; do
+    echo "== $nb (run-live)"
+    FLASHCORE_COMMAND="python -m flashcore.book run-live $nb (scripts/gpu_live.sh)" "$PY" -m flashcore.book run-live "$nb" || rc=1
+  done
+  exit $rc
+fi
 args=()
 if [ "$#" -gt 0 ]; then args=(--only "$(IFS=,; echo "$*")"); fi
 exec "$PY" scripts/build_book.py --mode live --no-build "${args[@]}"

@@ -16,5 +16,13 @@ done
 # psutil, packaging, attrs...: only what is missing is fetched (with its own dependencies, resolved for $PYVER).
 "$PY" -m pip download -q --only-binary=:all: --python-version "$PYVER" --implementation cp "${plats[@]}" \
   -d .whl papermill ipykernel nbformat nbclient jupyter_client
+# The device copy of the repository must stay small (the tracked runs/ already weighs tens of MB): unless
+# SLIM=0, drop the wheels of packages the CUDA + PyTorch image already ships (see the device's package list).
+if [ "${SLIM:-1}" = 1 ]; then
+  for name in attrs certifi charset_normalizer click idna packaging psutil pygments python_dateutil pyyaml \
+              requests tqdm typing_extensions urllib3; do
+    rm -f .whl/"$name"-[0-9]*.whl
+  done
+fi
 du -sh .whl
 ls .whl | wc -l
