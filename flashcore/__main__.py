@@ -111,6 +111,10 @@ def resolve_kernel(name: str, command: str, specs=None) -> str:
                            f"{TRITON_ID} is not one: use bench, or ncu on your own script")
         return name
     if name in ids:
+        spec = next(s for s in specs if s.id == name)
+        if command == "check" and kernels.is_control(spec):
+            raise CliError(f"{name} is a control kernel ({spec.idea}): it does not compute attention, so the attention "
+                           "check does not apply; chapter 2 checks it against its own reference")
         return name
     known = ", ".join(ids) if ids else "none registered yet"
     raise CliError(f"unknown kernel {name!r}: expected a registered kernel id ({known})"

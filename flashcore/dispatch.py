@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .kernels import KernelSpec, LaunchShape
+from .kernels import KernelSpec, LaunchShape, is_control
 
 LIBRARY_KERNEL = "flashcore"
 MAX_GRID_X = (1 << 31) - 1
@@ -120,7 +120,7 @@ def rank_by_records(ids: Sequence[str], specs: Dict[str, KernelSpec], evidence: 
 def choose(B: int, H: int, S_q: int, S_kv: int, specs: Iterable[KernelSpec], evidence: Optional[dict] = None,
            num_sms: int = 132, table: Sequence[Route] = TABLE) -> Choice:
     """The kernel for one shape (pure: the registry and the evidence are arguments)."""
-    specs = {s.id: s for s in specs}
+    specs = {s.id: s for s in specs if not is_control(s)}     # controls are experiments, not attention
     bh = B * H
     problems = {kid: launch_problem(s, bh, S_q, S_kv, num_sms) for kid, s in specs.items()}
     ok = [kid for kid, p in problems.items() if p is None]

@@ -176,7 +176,7 @@ def fuzz_kernel(kernel_id: str, n: int = 200, seed: int = 0, progress: bool = Tr
     return rows
 
 
-def _bar(items, desc: str, progress: bool, unit: str = "case"):
+def _bar(items, desc: str, progress: bool, unit: str = "case", total=None):
     """A tqdm progress bar over ``items`` (the items themselves without tqdm or with ``progress=False``)."""
     if not progress:
         return items
@@ -184,7 +184,7 @@ def _bar(items, desc: str, progress: bool, unit: str = "case"):
         from tqdm.auto import tqdm
     except ImportError:
         return items
-    return tqdm(items, desc=desc, unit=unit, dynamic_ncols=True)
+    return tqdm(items, desc=desc, unit=unit, dynamic_ncols=True, total=total)
 
 
 def summarize(kernel_id: str, rows: List[dict]) -> dict:

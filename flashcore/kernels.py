@@ -30,6 +30,18 @@ Grid = Tuple[int, int, int]
 
 
 @dataclass(frozen=True)
+class KnownFinding:
+    """A sanitizer report on a kernel that a controlled experiment has explained. A sweep shows it as *known*, not
+    clean: it matches only if every problem kind of the launch contains ``kind`` and some device frame of it
+    contains ``frame``; anything else the tool reports about the launch is still a failure."""
+
+    tool: str                                 # "synccheck"
+    kind: str                                 # substring of the report's headline, e.g. "Missing wait"
+    frame: str                                # substring of a device frame, e.g. "producer_commit"
+    why: str                                  # one line, with where the evidence is
+
+
+@dataclass(frozen=True)
 class KernelSpec:
     id: str                                   # record id, e.g. "v12_baseline"
     source: str                               # file name under kernels/
@@ -46,6 +58,7 @@ class KernelSpec:
     idea: str = ""                            # one line: what changed from the parent
     extra_args: Optional[Callable] = None     # (LaunchShape, array_module) -> tuple of extra kernel args
     expect_failure: bool = False              # a kernel kept to show a failure (e.g. the missing barrier)
+    known_findings: Tuple["KnownFinding", ...] = ()   # sanitizer reports explained elsewhere (never silently clean)
     tags: Tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -72,6 +85,11 @@ def _collect() -> dict:
                 raise ValueError(f"kernel id {spec.id!r} is declared twice (second time in {module.__name__})")
             _REGISTRY[spec.id] = spec
     return _REGISTRY
+
+
+def is_control(spec: KernelSpec) -> bool:
+    """Control kernels (tag "control") are experiments, not attention: no dispatch, fuzz or sweep takes them."""
+    return "control" in spec.tags
 
 
 def get(kernel_id: str) -> KernelSpec:

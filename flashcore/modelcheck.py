@@ -338,12 +338,14 @@ def branch_barrier() -> Model:
 
 
 def v11(tiles: int = 3, query_tiles: int = 1, fixed: bool = False, flavour: str = "roleless",
-        load_releases: bool = True, split: int = 1) -> Model:
+        load_releases: bool = True, load_consumes: bool = True, split: int = 1) -> Model:
     """v11's synchronization: roles load (4 warps), compute (11), softmax (1); 2-stage pipeline; 4 barriers a tile.
 
     ``fixed``: every thread acquires and commits (only load warps copy). ``flavour``: how make_pipeline was called
     ("roleless" as in v11; "role" = producers are the load warps). ``load_releases``: load warps call
-    consumer_release (as designed). ``split``: processes per role (each role's warps split evenly).
+    consumer_release (as designed). ``load_consumes=False``: load warps call neither consumer_wait nor
+    consumer_release (v11_fixed_roles / v11_fixed_mbarrier). ``split``: processes per role (each role's warps
+    split evenly).
     """
     block, stages = 512, 2
     roles = [("load", 128), ("compute", 352), ("softmax", 32)]
@@ -369,7 +371,8 @@ def v11(tiles: int = 3, query_tiles: int = 1, fixed: bool = False, flavour: str 
                 for i in range(tiles):
                     if i + 1 < tiles:
                         load(i + 1)
-                    prog.append(("wait",))
+                    if role != "load" or load_consumes:
+                        prog.append(("wait",))
                     if role == "compute":
                         prog.append(("work", f"QK {i}"))
                     prog.append(("sync", "block"))
@@ -380,7 +383,7 @@ def v11(tiles: int = 3, query_tiles: int = 1, fixed: bool = False, flavour: str 
                         prog.append(("work", f"PV {i}"))
                     if role != "load" or load_releases:
                         prog.append(("release",))
-                    else:
+                    elif load_consumes:
                         prog.append(("release0",))
                     prog.append(("sync", "block"))
                 prog.append(("work", "store O"))
@@ -389,9 +392,10 @@ def v11(tiles: int = 3, query_tiles: int = 1, fixed: bool = False, flavour: str 
             procs.append(Process(f"{name} ({threads // parts} thr)", threads // parts, prog, role))
     bars = _pipeline_barriers(stages, produced, consumed)
     bars["block"] = block
-    what = "v11 fixed" if fixed else "v11 as designed"
+    what = "v11 fixed" if fixed else ("v11 with roles" if flavour != "roleless" else "v11 as designed")
     note = (f"make_pipeline {flavour}: produced expects {produced}, consumed expects {consumed}; "
             f"{'all 512 threads' if fixed else 'only the 128 load-warp threads'} acquire+commit; "
+            f"{'' if load_consumes else 'load warps neither wait nor release; '}"
             f"{tiles} key tiles × {query_tiles} query tile(s)")
     return Model(what, procs, bars, stages=stages, block_threads=block, note=note)
 
@@ -401,7 +405,9 @@ def chapter_models(tiles: int = 3) -> Dict[str, Model]:
             "v11": v11(tiles), "v11_fixed": v11(tiles, fixed=True),
             "v11_fixed_2qtiles": v11(tiles, query_tiles=2, fixed=True),
             "v11_role_overrelease": v11(tiles, flavour="role"),
-            "v11_role_fixed": v11(tiles, flavour="role", load_releases=False)}
+            "v11_roles": v11(tiles, flavour="role", load_releases=False, load_consumes=False),
+            "v11_roles_2qtiles": v11(tiles, query_tiles=2, flavour="role", load_releases=False,
+                                     load_consumes=False)}
 
 
 def run_all(tiles: int = 3) -> Dict[str, dict]:

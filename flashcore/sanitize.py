@@ -22,6 +22,10 @@ _PROBLEM = re.compile(r"^=+ (Invalid|Race|Error|Uninitialized|Barrier|Warning|Pr
                       r"Out-of-range|Divergent|Leaked|Host API|Cuda API|.*[Hh]azard)", re.I)
 
 
+_DETAIL = re.compile(r"^(Barrier is located|Warning)")      # lines that qualify a report rather than start one
+_FRAME = re.compile(r"Device Frame:\s*(.+?)(?:\+0x[0-9a-f]+)? in ")
+
+
 def find_sanitizer() -> str:
     found = shutil.which("compute-sanitizer")
     if found:
@@ -39,13 +43,22 @@ def parse_log(tool: str, log: str) -> dict:
     for line in log.splitlines():
         if line.startswith(MARKER):
             kv = dict(p.split("=", 1) for p in line.split()[1:] if "=" in p)
-            current = dict(kernel=kv.get("kernel"), shape=kv.get("shape"), problems=0, first="")
+            current = dict(kernel=kv.get("kernel"), shape=kv.get("shape"), problems=0, first="", kinds=[],
+                           frames=[])
             per.append(current)
             continue
-        if _PROBLEM.match(line) and "SUMMARY" not in line and current is not None:
+        if current is None:
+            continue
+        if _PROBLEM.match(line) and "SUMMARY" not in line:
             current["problems"] += 1
+            text = line.strip("= ").strip()[:300]
             if not current["first"]:
-                current["first"] = line.strip("= ").strip()[:300]
+                current["first"] = text
+            if not _DETAIL.match(text) and text not in current["kinds"] and len(current["kinds"]) < 10:
+                current["kinds"].append(text)       # the headline of each distinct report
+        m = _FRAME.search(line)
+        if m and m.group(1) not in current["frames"] and len(current["frames"]) < 30:
+            current["frames"].append(m.group(1))
     total = None
     m = _RACE_SUMMARY.search(log)
     if m:
@@ -66,7 +79,7 @@ def run_sanitizer(tool: str, kernels: Sequence[str], shapes: str, timeout: int =
         raise ValueError(f"tool must be one of {', '.join(TOOLS)}, got {tool!r}")
     if not kernels:
         raise ValueError("no kernels to sanitize")
-    cmd = [find_sanitizer(), "--tool", tool, "--print-limit", "20", *extra,
+    cmd = [find_sanitizer(), "--tool", tool, "--print-limit", "20", "--show-backtrace", "device", *extra,
            sys.executable, "-m", "flashcore.driver", "--kernels", ",".join(kernels), "--shapes", shapes]
     if tool == "racecheck":
         cmd[3:3] = ["--racecheck-report", "all"]

@@ -43,37 +43,65 @@ def library_kernels() -> List[str]:
 
 
 def sanitizer_kernels(specs=None) -> List[str]:
-    """Every registered kernel that is not kept as a failure (``expect_failure``)."""
+    """Every registered attention kernel that is not kept as a failure (``expect_failure``). Control kernels are
+    left to the chapter that runs them (chapter 2 runs synccheck on each, one process per kernel)."""
     from . import kernels
 
     specs = kernels.all_specs() if specs is None else specs
-    return sorted(s.id for s in specs if not s.expect_failure)
+    return sorted(s.id for s in specs if not s.expect_failure and not kernels.is_control(s))
 
 
 def _shape_str(shape) -> str:
     return ",".join(str(int(x)) for x in shape)
 
 
-def sanitizer_rows(summaries: Sequence[dict], shapes: Sequence[tuple]) -> List[dict]:
-    """Per (kernel, shape): launches seen and problems per tool, and ``clean``: True if every tool ran the launch
-    to the end and found nothing, False if any tool found a problem in it, None if a tool did not get to it
-    (timed out, driver crashed, out of budget) — not run is never shown clean, nor blamed on the kernel."""
+def known_finding(findings: Sequence, tool: str, launches: Sequence[dict]) -> Optional[str]:
+    """The ``why`` of the :class:`~flashcore.kernels.KnownFinding` that explains every problem of these launches,
+    or None. Explained means: same tool, every report headline contains its ``kind``, and a device frame of the
+    launch contains its ``frame``."""
+    flagged = [p for p in launches if p.get("problems")]
+    if not flagged:
+        return None
+    for f in findings:
+        if f.tool != tool:
+            continue
+        if all(p.get("kinds") and all(f.kind in k for k in p["kinds"]) and any(f.frame in fr for fr in p.get("frames", []))
+               for p in flagged):
+            return f.why
+    return None
+
+
+def sanitizer_rows(summaries: Sequence[dict], shapes: Sequence[tuple], known: Optional[dict] = None) -> List[dict]:
+    """Per (kernel, shape): launches seen and problems per tool, and a verdict per tool: True if the tool ran the
+    launch to the end and found nothing, "known" if everything it found is a known finding of that kernel
+    (``known``: kernel id → its KnownFindings), False if it found anything else, None if it did not get to the
+    launch (timed out, out of budget, an earlier launch in its process aborted) — not run is never shown clean, nor
+    blamed on the kernel. The row's ``clean`` is False if any tool is False, else None if any is None, else True
+    (known findings listed in ``known``)."""
+    known = known or {}
     rows = {}
+    for kid, shape in ((k, _shape_str(sh)) for s in summaries for k in s["kernels"] for sh in shapes):
+        rows.setdefault((kid, shape), dict(kernel=kid, shape=shape, tools={}, clean=True, known=[]))
     for s in summaries:
+        covered = set(str(s.get("shapes", "")).replace(" ", "").split(";"))
         for kid in s["kernels"]:
-            for shape in shapes:
-                key = (kid, _shape_str(shape))
-                row = rows.setdefault(key, dict(kernel=kid, shape=key[1], tools={}, clean=True))
-                launches = [p for p in s["per_launch"] if p["kernel"] == kid and p["shape"] == key[1]]
+            for shape in (sh for sh in (_shape_str(x) for x in shapes) if sh in covered):
+                row = rows[(kid, shape)]
+                launches = [p for p in s["per_launch"] if p["kernel"] == kid and p["shape"] == shape]
                 problems = sum(p["problems"] for p in launches)
-                ran = bool(s["finished"] and not s["timed_out"] and launches)
-                verdict = False if problems else (True if ran else None)
+                ran = bool(launches) and (bool(s["finished"] and not s["timed_out"]) or problems > 0)
+                why = known_finding(known.get(kid, ()), s["tool"], launches) if problems else None
+                verdict = ("known" if why else False) if problems else (True if ran else None)
+                prev = row["tools"].get(s["tool"])
+                if prev is not None and prev["clean"] is not None and verdict is None:
+                    continue                      # a later partial process does not erase an earlier verdict
                 row["tools"][s["tool"]] = dict(launches=len(launches), problems=problems, clean=verdict,
-                                               first=next((p["first"] for p in launches if p["first"]), ""))
-                if verdict is False or row["clean"] is False:
-                    row["clean"] = False
-                elif verdict is None:
-                    row["clean"] = None
+                                               first=next((p["first"] for p in launches if p["first"]), ""),
+                                               **({"known": why} if why else {}))
+    for row in rows.values():
+        verdicts = [t["clean"] for t in row["tools"].values()]
+        row["clean"] = False if False in verdicts else (None if None in verdicts or not verdicts else True)
+        row["known"] = sorted({f"{tool}: {t['known']}" for tool, t in row["tools"].items() if t.get("known")})
     return list(rows.values())
 
 
@@ -82,41 +110,59 @@ def _failed_summary(tool, ids, shapes, exc) -> dict:
                 timed_out=False, finished=False, summary=f"{type(exc).__name__}: {exc}", per_launch=[], log_tail="")
 
 
-def sanitize_tool(tool: str, ids: Sequence[str], shapes: str, timeout: int = 600, progress: bool = False,
-                  one_by_one: bool = True, deadline: Optional[float] = None) -> list:
-    """One sanitizer process over every kernel; if it did not finish (a kernel that fails to compile or crashes
-    the driver), that summary is marked ``superseded`` and each kernel is rerun in its own process, so one bad
-    kernel cannot hide the verdict of the others. ``deadline`` (a ``time.time()``) caps every timeout; a kernel
-    left when it has passed is recorded as not run (not clean)."""
+def sanitize_jobs(tools: Sequence[str], ids: Sequence[str], shapes: str, timeout: int = 300, workers: int = 8,
+                  deadline: Optional[float] = None, progress: bool = False) -> list:
+    """One compute-sanitizer process per (tool, kernel), ``workers`` at a time (each is mostly host-side work, and
+    the GPU host has cores to spare). A tool that reports an error aborts the launch it is in (the process then
+    ends with a launch failure), so a process that did not finish is marked ``superseded`` and rerun one shape per
+    process: one finding can hide neither another kernel's verdict nor the kernel's other shape. ``deadline`` (a
+    ``time.time()``) caps every timeout; a job left when it has passed is recorded as not run."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     from . import sanitize
 
     def left(cap):
         return int(cap if deadline is None else max(1, min(cap, deadline - time.time())))
 
-    try:
-        first = sanitize.run_sanitizer(tool, ids, shapes, timeout=left(timeout))
-    except Exception as exc:       # no compute-sanitizer on this machine: say so in the record
-        return [_failed_summary(tool, ids, shapes, exc)]
-    if first["finished"] and not first["timed_out"] or len(ids) == 1 or not one_by_one:
-        return [first]
-    first["superseded"] = True
-    out = [first]
-    for kid in _bar(ids, f"{tool} one by one", progress, unit="kernel"):
-        if deadline is not None and deadline - time.time() < 10:
-            out.append(_failed_summary(tool, [kid], shapes, TimeoutError("not run: the sweep's time budget ran out")))
-            continue
+    def one(tool, kid, shape_arg):
+        if deadline is not None and deadline - time.time() < 5:
+            return _failed_summary(tool, [kid], shape_arg, TimeoutError("not run: the sweep's time budget ran out"))
         try:
-            out.append(sanitize.run_sanitizer(tool, [kid], shapes, timeout=left(max(60, timeout // 2))))
-        except Exception as exc:
-            out.append(_failed_summary(tool, [kid], shapes, exc))
-    return out
+            out = sanitize.run_sanitizer(tool, [kid], shape_arg, timeout=left(timeout))
+        except Exception as exc:       # no compute-sanitizer on this machine: say so in the record
+            return _failed_summary(tool, [kid], shape_arg, exc)
+        return out
+
+    def job(tool, kid):
+        t0 = time.time()
+        first = one(tool, kid, shapes)
+        first["seconds"] = round(time.time() - t0, 1)
+        out = [first]
+        parts = [p for p in shapes.split(";") if p]
+        if not first["finished"] and not first["timed_out"] and len(parts) > 1 and first.get("exit_code") is not None:
+            first["superseded"] = True
+            for part in parts:
+                t1 = time.time()
+                out.append(one(tool, kid, part))
+                out[-1]["seconds"] = round(time.time() - t1, 1)
+        return out
+
+    results = []
+    pairs = [(t, k) for t in tools for k in ids]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
+        futures = [ex.submit(job, t, k) for t, k in pairs]
+        for fut in _bar(as_completed(futures), "compute-sanitizer", progress, unit="job", total=len(futures)):
+            results += fut.result()
+    order = {p: i for i, p in enumerate(pairs)}
+    results.sort(key=lambda s: (order.get((s["tool"], s["kernels"][0]), 0), s.get("superseded") is not True))
+    return results
 
 
 def run_sweep(quick: bool = False, cases: Optional[int] = None, tools: Optional[Sequence[str]] = None,
               seed: int = 0, progress: bool = True, runs_dir=None, sanitize_timeout: Optional[int] = None,
               fuzz_ids: Optional[Sequence[str]] = None, sanitize_ids: Optional[Sequence[str]] = None,
               provenance: Optional[dict] = None, smoke_kernel: Optional[str] = None,
-              budget: Optional[float] = None):
+              budget: Optional[float] = None, workers: int = 8):
     """Everything above into one record; returns (record path, summary dict)."""
     from . import fuzz, records, sanitize
 
@@ -150,28 +196,33 @@ def run_sweep(quick: bool = False, cases: Optional[int] = None, tools: Optional[
     t_fuzz = time.time() - t0
 
     sanitizer = dict(tools=tools, shapes=[_shape_str(s) for s in shapes], kernels=sanitize_ids, summaries=[],
-                     verdicts=[])
+                     verdicts=[], workers=workers)
     if sanitize_ids:
+        from . import kernels as _kernels
+
         shape_arg = ";".join(_shape_str(s) for s in shapes)
-        raw = []
-        for tool in _bar(tools, "compute-sanitizer", progress, unit="tool"):
-            raw += sanitize_tool(tool, sanitize_ids, shape_arg, timeout=sanitize_timeout or (100 if quick else 300),
-                                 progress=progress, one_by_one=not quick, deadline=deadline)
+        t_san = time.time()
+        raw = sanitize_jobs(tools, sanitize_ids, shape_arg, timeout=sanitize_timeout or (100 if quick else 300),
+                            workers=workers, deadline=deadline, progress=progress)
+        sanitizer["seconds"] = round(time.time() - t_san, 1)
         for s in raw:
             sanitizer["summaries"].append({k: v for k, v in s.items() if k != "per_launch"})
             if not s.get("superseded"):
                 sanitizer["verdicts"] += sanitize.verdicts([s])
-        for row in sanitizer_rows([s for s in raw if not s.get("superseded")], shapes):
+        known = {s_.id: s_.known_findings for s_ in _kernels.all_specs() if s_.id in sanitize_ids}
+        for row in sanitizer_rows([s for s in raw if not s.get("superseded")], shapes, known=known):
             B, H, S, D = (int(x) for x in row["shape"].split(","))
-            run.add_result(row["kernel"], B, H, S, D, stage="sanitize", clean=row["clean"], tools=row["tools"])
+            run.add_result(row["kernel"], B, H, S, D, stage="sanitize", clean=row["clean"], tools=row["tools"],
+                           known=row["known"])
     run.extra["sanitizer"] = sanitizer
     fuzz_ok = all(s["passed"] for s in fuzz_summary.values())
-    san_ok = all(s.get("clean") for s in sanitizer["summaries"] if not s.get("superseded")) and all(
-        r.get("clean") is True for r in run.results if r.get("stage") == "sanitize")
+    san_rows = [r for r in run.results if r.get("stage") == "sanitize"]
+    san_ok = bool(san_rows) and all(r.get("clean") is True for r in san_rows)
     smoke_ok = all(r["ok"] for r in run.extra["api_smoke"])
     run.extra["verdict"] = dict(fuzz_passed=fuzz_ok, sanitizer_clean=san_ok, api_smoke_passed=smoke_ok,
                                 passed=fuzz_ok and san_ok and smoke_ok,
                                 fuzz_kernels=fuzz_ids, sanitized_kernels=len(sanitize_ids),
+                                known_findings=sorted({k for r in san_rows for k in r.get("known", [])}),
                                 special_values_match_sdpa=all(c.get("matches") for k in specials.values()
                                                               for c in k.values()),
                                 special_values_match_sdpa_or_formula=all(
@@ -192,10 +243,10 @@ def _library_fn(kernel_id: str):
     return lambda q, k, v: api.attention(q, k, v, kernel=kernel_id)
 
 
-def _bar(items, desc, progress, unit="item"):
+def _bar(items, desc, progress, unit="item", total=None):
     from .fuzz import _bar as bar
 
-    return bar(list(items), desc, progress, unit=unit)
+    return bar(items if total is not None else list(items), desc, progress, unit=unit, total=total)
 
 
 # ------------------------------------------------------------------------------------------- from a record
@@ -227,19 +278,38 @@ def status_rows(record) -> List[dict]:
                         detail="; ".join(f"{r['name']}: {r['detail']}" for r in smoke)[:400],
                         passed=len(good) == len(smoke)))
     san = extra.get("sanitizer", {})
-    live = [s for s in san.get("summaries", []) if not s.get("superseded")]
-    for tool in dict.fromkeys(s["tool"] for s in live):
-        mine = [s for s in live if s["tool"] == tool]
-        kernels_ = sorted({k for s in mine for k in s.get("kernels", [])})
-        bad = sorted({v["kernel"] for v in san.get("verdicts", []) if v["tool"] == tool and not v["clean"]})
-        ok = all(s.get("clean") for s in mine) and not bad
-        summary = "; ".join(dict.fromkeys(s.get("summary") or "" for s in mine if s.get("summary")))
-        not_run = all("not run" in (s.get("summary") or "") for s in mine)
+    rows = [r for r in record.get("results", []) if r.get("stage") == "sanitize"]
+    for tool in san.get("tools", []):
+        per = {(r["kernel"], (r.get("B"), r.get("H"), r.get("S"), r.get("D"))): r.get("tools", {}).get(tool)
+               for r in rows}
+        verdicts = {key: (t or {}).get("clean") for key, t in per.items()}
+        bad = sorted({k for (k, _), v in verdicts.items() if v is False})
+        known = sorted({k for (k, _), v in verdicts.items() if v == "known"})
+        not_run = sorted({k for (k, _), v in verdicts.items() if v is None})
+        clean = [key for key, v in verdicts.items() if v is True]
+        whys = sorted({t["known"] for t in per.values() if t and t.get("known")})
+        if not verdicts:
+            result = "not run"
+        elif len(not_run) == len({k for k, _ in verdicts}):
+            result = "not run (time budget)"
+        elif bad:
+            result = "problems"
+        elif not_run:
+            result = "partly not run"
+        elif known:
+            result = "clean + known findings"
+        else:
+            result = "clean"
+        detail = f"{len(clean)}/{len(verdicts)} kernel×shape clean"
+        if known:
+            detail += f"; known finding on {', '.join(known)} — " + " / ".join(whys)
+        if bad:
+            detail += f"; problems: {', '.join(bad)}"
+        if not_run:
+            detail += f"; not run: {', '.join(not_run)}"
         out.append(dict(check=f"compute-sanitizer {tool}",
-                        subject=f"{len(kernels_)} kernels × {len(san.get('shapes', []))} shapes",
-                        result="clean" if ok else ("not run (time budget)" if not_run else "problems"),
-                        detail=summary[:300] + (f"; not clean: {', '.join(bad)}" if bad and not not_run else ""),
-                        passed=ok))
+                        subject=f"{len({k for k, _ in verdicts})} kernels × {len(san.get('shapes', []))} shapes",
+                        result=result, detail=detail[:600], passed=bool(verdicts) and not bad and not not_run))
     return out
 
 
@@ -254,11 +324,15 @@ def main(argv=None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--budget", type=float, default=None,
                     help="seconds the whole sweep may take (default 540, quick 200): caps the sanitizer timeouts")
+    ap.add_argument("--workers", type=int, default=8,
+                    help="compute-sanitizer processes at a time (one per tool and kernel; default 8)")
     ap.add_argument("--smoke-kernel", default=None,
                     help="kernel for the library-call smoke test (default: flashcore if registered, else dispatch)")
     args = ap.parse_args(argv)
     if args.cases is not None and args.cases < 1:
         ap.error(f"--cases must be ≥ 1, got {args.cases}")
+    if args.workers < 1:
+        ap.error(f"--workers must be ≥ 1, got {args.workers}")
     tools = [t for t in args.tools.split(",") if t] if args.tools else None
     from .sanitize import TOOLS
 
@@ -267,7 +341,7 @@ def main(argv=None) -> int:
             ap.error(f"--tools: {t!r} is not one of {', '.join(TOOLS)}")
     path, verdict = run_sweep(quick=args.quick, cases=args.cases, tools=tools, seed=args.seed,
                               progress=not args.no_progress, smoke_kernel=args.smoke_kernel,
-                              budget=args.budget or (200 if args.quick else 540))
+                              budget=args.budget or (200 if args.quick else 540), workers=args.workers)
     from . import records
 
     rec = records.load(path)

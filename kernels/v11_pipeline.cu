@@ -42,9 +42,10 @@
 #ifndef V11_ENTRY
 #define V11_ENTRY v11_pipeline
 #endif
-#ifndef V11_FIXED              // 1 in kernels/v11_fixed.cu only (this file is the as-designed kernel)
-#define V11_FIXED 0
-#endif
+#ifndef V11_FIXED              // 0: as designed (this file). The fixes, one file each, same body:
+#define V11_FIXED 0            //   1 v11_fixed.cu: every thread acquires+commits on the role-less pipeline
+#endif                         //   2 v11_fixed_roles.cu: make_pipeline(..., role), producers = the load warps
+                               //   3 v11_fixed_mbarrier.cu: 2's protocol on hand-written mbarriers (no libcu++)
 #ifndef V11_DRAIN              // 1: a diagnostic build (chapter's synccheck probe): before exiting, every thread waits
 #define V11_DRAIN 0            //    for the last 'consumed' phase of each stage it released into
 #endif
@@ -62,6 +63,7 @@ namespace cg = cooperative_groups;
 #define NWARPS 16
 #define LOAD_WARP0 11            // warps 11..14 are the load warps
 #define N_LOAD_WARPS 4
+#define LOAD_THREADS (N_LOAD_WARPS * 32)
 #define SOFTMAX_WARP 15
 #define STAGES 2
 #define NEG_BIG (-1e30f)
@@ -93,19 +95,24 @@ __device__ __forceinline__ void load_q_tile(__half* Qs, const __half* src, int q
   }
 }
 
-// the load warps' part of a K/V tile: 16-byte memcpy_async into the pipeline's stage; rows ≥ seq get zero stores
+// one 16-byte chunk of a K/V row into a stage: cuda::memcpy_async through the pipeline, or a zero store past the end
+__device__ __forceinline__ void copy16(__half* dst, const __half* src, bool valid,
+                                       cuda::pipeline<cuda::thread_scope_block>& pipe) {
+  if (valid) cuda::memcpy_async(dst, src, cuda::aligned_size_t<16>(16), pipe);
+  else *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+}
+
+// the load warps' part of a K/V tile; rows ≥ seq become zeros
+template <class Pipe>
 __device__ __forceinline__ void issue_kv_copies(__half* Kst, __half* Vst, const __half* kh, const __half* vh,
-                                                int k0, int seq, cuda::pipeline<cuda::thread_scope_block>& pipe) {
+                                                int k0, int seq, Pipe& pipe) {
   const int lt = threadIdx.x - LOAD_WARP0 * 32;              // 0..127
   for (int i = lt; i < BN * (D / 8); i += N_LOAD_WARPS * 32) {
     int r = i / (D / 8), c = (i % (D / 8)) * 8;
-    if (k0 + r < seq) {
-      cuda::memcpy_async(Kst + r * LDH + c, kh + (size_t)(k0 + r) * D + c, cuda::aligned_size_t<16>(16), pipe);
-      cuda::memcpy_async(Vst + r * LDH + c, vh + (size_t)(k0 + r) * D + c, cuda::aligned_size_t<16>(16), pipe);
-    } else {
-      *reinterpret_cast<uint4*>(Kst + r * LDH + c) = make_uint4(0, 0, 0, 0);
-      *reinterpret_cast<uint4*>(Vst + r * LDH + c) = make_uint4(0, 0, 0, 0);
-    }
+    const bool valid = k0 + r < seq;
+    const size_t row = valid ? (size_t)(k0 + r) : 0;
+    copy16(Kst + r * LDH + c, kh + row * D + c, valid, pipe);
+    copy16(Vst + r * LDH + c, vh + row * D + c, valid, pipe);
   }
 }
 
@@ -196,6 +203,52 @@ __device__ __forceinline__ unsigned long long mbar_raw(unsigned addr) {
   return w;
 }
 
+#if V11_FIXED == 3
+// v11_fixed_mbarrier's pipeline: the four calls of cuda::pipeline over hand-written mbarriers, laid out like
+// pipeline_shared_state (stage s = {produced, consumed}) and counted like make_pipeline(..., role): "produced"
+// expects the 128 load threads, "consumed" the 384 others. The one difference from libcu++: a producer's arrival
+// IS its cp.async.mbarrier.arrive.noinc (it lands when that thread's copies have landed), where libcu++ issues
+// cp.async.mbarrier.arrive (pending count +1, then an asynchronous arrival) followed by a plain arrive. Rows past
+// the end are zero-filled by cp.async itself (src-size 0), so every write to a stage is tracked by the barrier.
+// Its waits are bounded in every build, not only with WATCHDOG: past 2^32 cycles (≈ 2 s) a waiting thread prints
+// where it is and traps, so a protocol bug becomes a launch error, never a hung GPU.
+struct RawPipeState { unsigned long long bar[STAGES][2]; };
+__device__ __noinline__ void raw_wait_slow(unsigned addr, unsigned parity, const char* what, int stage) {
+  const long long t0 = clock64();
+  while (!mbar_test_parity(addr, parity)) {
+    if (clock64() - t0 > (1ll << 32)) {
+      printf("v11_fixed_mbarrier: CTA %d warp %d gave up in %s, stage %d, parity %u\n", (int)blockIdx.x,
+             (int)(threadIdx.x / 32), what, stage, parity);
+      __trap();
+    }
+  }
+}
+struct RawPipe {
+  RawPipeState* st;
+  int head, tail;
+  unsigned cpar, ppar;                                       // start like libcu++'s: consumed 1, produced 0
+  __device__ unsigned addr(int stage, int which) const { return smem_addr(&st->bar[stage][which]); }
+  __device__ void producer_acquire() {
+    if (!mbar_test_parity(addr(head, 1), cpar)) raw_wait_slow(addr(head, 1), cpar, "producer_acquire", head);
+  }
+  __device__ void producer_commit() {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" :: "r"(addr(head, 0)) : "memory");
+    if (++head == STAGES) { head = 0; cpar ^= 1u; }
+  }
+  __device__ void consumer_wait() {
+    if (!mbar_test_parity(addr(tail, 0), ppar)) raw_wait_slow(addr(tail, 0), ppar, "consumer_wait", tail);
+  }
+  __device__ void consumer_release() {
+    mbar_arrive(addr(tail, 1));
+    if (++tail == STAGES) { tail = 0; ppar ^= 1u; }
+  }
+};
+__device__ __forceinline__ void copy16(__half* dst, const __half* src, bool valid, RawPipe&) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
+               :: "r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+#endif
+
 // ------------------------------------------------------------------------------------------- the watchdog
 #ifdef WATCHDOG
 #define WD_HEADER 8              // ints: [0] abort flag, [1] records written, [2] capacity, [3] record ints
@@ -262,7 +315,11 @@ V11_ENTRY(const __half* __restrict__ q, const __half* __restrict__ k, const __ha
 
   // nvcc warns "dynamic initialization is not supported for a __shared__ variable" here, as the original did:
   // the constructor does not run; make_pipeline initialises the barriers instead.
+#if V11_FIXED == 3
+  __shared__ RawPipeState pipe_state;
+#else
   __shared__ cuda::pipeline_shared_state<cuda::thread_scope_block, STAGES> pipe_state;
+#endif
 #ifdef WATCHDOG
   __shared__ __align__(8) unsigned long long wd_block_bar;   // the bounded stand-in for __syncthreads
   __shared__ unsigned wd_arrivals[STAGES][2];               // mirror: arrivals on [stage][produced, consumed]
@@ -275,15 +332,37 @@ V11_ENTRY(const __half* __restrict__ q, const __half* __restrict__ k, const __ha
   // (make_pipeline's own group sync below publishes these)
 #endif
   auto block = cg::this_thread_block();
+#if V11_FIXED == 3
+  if (threadIdx.x == 0)
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(smem_addr(&pipe_state.bar[s][0]), LOAD_THREADS);               // produced: the load threads
+      mbar_init(smem_addr(&pipe_state.bar[s][1]), NTHREADS - LOAD_THREADS);    // consumed: everyone else
+    }
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  block.sync();
+  RawPipe pipe{&pipe_state, 0, 0, 1u, 0u};
+#elif V11_FIXED == 2
+  const cuda::pipeline_role prole = role == ROLE_LOAD ? cuda::pipeline_role::producer : cuda::pipeline_role::consumer;
+  cuda::pipeline<cuda::thread_scope_block> pipe = cuda::make_pipeline(block, &pipe_state, prole);
+#else
   cuda::pipeline<cuda::thread_scope_block> pipe = cuda::make_pipeline(block, &pipe_state);   // no role: v11's call
+#endif
+  // Who calls consumer_wait/release: everyone on the role-less pipeline; with roles, producers never consume.
+  const bool consumes = V11_FIXED < 2 || role != ROLE_LOAD;
 
 #ifdef WATCHDOG
-  const block_barrier_t* wd_stage_bars = reinterpret_cast<const block_barrier_t*>(&pipe_state);
   auto bar_addr = [&](int stage, int which) {                 // which: 0 = produced, 1 = consumed
+#if V11_FIXED == 3
+    return smem_addr(&pipe_state.bar[stage][which]);
+#else
+    const block_barrier_t* wd_stage_bars = reinterpret_cast<const block_barrier_t*>(&pipe_state);
     return smem_addr(cuda::device::barrier_native_handle(
         const_cast<block_barrier_t&>(wd_stage_bars[2 * stage + which])));
+#endif
   };
-  const unsigned wd_expected = (unsigned)block.size();       // what the role-less make_pipeline gave both barriers
+  // what make_pipeline gave the barriers: role-less, group.size() for both; with roles, producers / consumers
+  const unsigned wd_expected_produced = V11_FIXED < 2 ? (unsigned)block.size() : LOAD_THREADS;
+  const unsigned wd_expected_consumed = V11_FIXED < 2 ? (unsigned)block.size() : NTHREADS - LOAD_THREADS;
   Watchdog w{wd_buf, wd_budget, role, warp, lane, 0, 0, 0, 0};
   int m_head = 0, m_tail = 0;                                 // mirror of the pipeline's head/tail/parities
   unsigned m_cons_par = 1, m_prod_par = 0, m_block_par = 0;
@@ -291,7 +370,7 @@ V11_ENTRY(const __half* __restrict__ q, const __half* __restrict__ k, const __ha
 #define PRODUCER_ACQUIRE()                                                                                          \
   do {                                                                                                             \
     if (!wd_wait(w, bar_addr(m_head, 1), m_cons_par, SITE_PRODUCER_ACQUIRE, m_head, n_acq[m_head],                \
-                 &wd_arrivals[m_head][1], wd_expected)) return;                                                    \
+                 &wd_arrivals[m_head][1], wd_expected_consumed)) return;                                                    \
     ++n_acq[m_head];                                                                                               \
     pipe.producer_acquire();                                                                                       \
   } while (0)
@@ -304,7 +383,7 @@ V11_ENTRY(const __half* __restrict__ q, const __half* __restrict__ k, const __ha
 #define CONSUMER_WAIT()                                                                                             \
   do {                                                                                                             \
     if (!wd_wait(w, bar_addr(m_tail, 0), m_prod_par, SITE_CONSUMER_WAIT, m_tail, n_wait[m_tail],                  \
-                 &wd_arrivals[m_tail][0], wd_expected)) return;                                                    \
+                 &wd_arrivals[m_tail][0], wd_expected_produced)) return;                                                    \
     ++n_wait[m_tail];                                                                                              \
     pipe.consumer_wait();                                                                                          \
   } while (0)
@@ -331,9 +410,9 @@ V11_ENTRY(const __half* __restrict__ q, const __half* __restrict__ k, const __ha
 #endif
 
   // The helper that loads one K/V tile into a stage. As designed, only the load warps take part in the pipeline's
-  // producer side. (V11_FIXED: every thread acquires and commits — the pipeline was made for all of them — and
-  // only the load warps issue copies.)
-#if V11_FIXED
+  // producer side. (V11_FIXED == 1: every thread acquires and commits — the pipeline was made for all of them — and
+  // only the load warps issue copies. 2 and 3 keep the design's macro: the pipeline's counts were changed instead.)
+#if V11_FIXED == 1
 #define LOAD_KV_TILE(tile)                                                                                          \
   do {                                                                                                             \
     PRODUCER_ACQUIRE();                                                                                            \
@@ -377,13 +456,13 @@ V11_ENTRY(const __half* __restrict__ q, const __half* __restrict__ k, const __ha
         WD_ONLY(w.ktile = kt; w.iter = iter;)
         const int stage = n_cons & 1;                        // = the pipeline's tail
         if (kt + 1 < n_kt) LOAD_KV_TILE(kt + 1);              // tile kt+1 into the other stage
-        CONSUMER_WAIT();                                      // tile kt has landed
+        if (consumes) CONSUMER_WAIT();                        // tile kt has landed
         qk_scores(Qs, Ks + stage * BN * LDH, Ss, softmax_scale, warp);
         BLOCK_SYNC(SITE_BAR_QK);
         online_softmax_update(Ss, Ps, Os, ms, ls, min(BN, seq_kv - kt * BN), warp, lane);
         BLOCK_SYNC(SITE_BAR_SOFTMAX);
         pv_accumulate(Ps, Vs + stage * BN * LDH, Os, warp);
-        CONSUMER_RELEASE();                                   // the stage may be refilled
+        if (consumes) CONSUMER_RELEASE();                     // the stage may be refilled
         ++n_cons;
         BLOCK_SYNC(SITE_BAR_RELEASE);
       }

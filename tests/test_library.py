@@ -516,8 +516,15 @@ def test_sanitizer_kernels_skip_kept_failures():
     assert sweep.sanitizer_kernels([spec("b"), spec("a"), spec("kept", expect_failure=True)]) == ["a", "b"]
 
 
+def test_sanitizer_kernels_skip_controls():
+    ctl = spec("ctl")
+    object.__setattr__(ctl, "tags", ("control",))
+    assert sweep.sanitizer_kernels([spec("a"), ctl]) == ["a"]
+
+
 def test_sanitizer_rows_per_kernel_and_shape():
-    summary = dict(tool="memcheck", kernels=["a", "b"], finished=True, timed_out=False, per_launch=[
+    summary = dict(tool="memcheck", kernels=["a", "b"], shapes="1,3,77,64;1,8,512,64", finished=True,
+                   timed_out=False, per_launch=[
         dict(kernel="a", shape="1,3,77,64", problems=0, first=""),
         dict(kernel="a", shape="1,8,512,64", problems=2, first="Invalid __global__ read"),
         dict(kernel="b", shape="1,3,77,64", problems=0, first="")])
@@ -534,7 +541,8 @@ def _sweep_record(tmp_path, fail=False):
             dict(B=1, H=8, S=100, S_kv=7, seed=2, passed=not fail, deterministic=True, max_abs_err=1e-4, tol=2e-4)]
     for r in rows:
         run.add_result("flashcore", r["B"], r["H"], r["S"], S_kv=r["S_kv"], stage="fuzz", passed=r["passed"])
-    run.add_result("v8_seed", 1, 3, 77, stage="sanitize", clean=True, tools={})
+    run.add_result("v8_seed", 1, 3, 77, stage="sanitize", clean=True,
+                   tools={"memcheck": dict(launches=1, problems=0, clean=True, first="")})
     run.extra["fuzz"] = {"flashcore": fuzz.summarize("flashcore", rows)}
     run.extra["special_values"] = {"flashcore": {
         "nan_q": dict(n_rows=1, sdpa_n_rows=1, ref64_n_rows=1, matches=True, matches_ref64=True),
@@ -604,26 +612,46 @@ def test_run_sweep_writes_one_record(tmp_path, monkeypatch, capsys):
     assert ev["flashcore"]["checked_in"] == rec["run_id"]
 
 
-def test_sanitize_tool_reruns_one_by_one_when_a_kernel_breaks_the_batch(monkeypatch):
+def _fake_summary(tool, ids, shapes, problems_for=(), abort=False, timed_out=False, kinds=(), frames=()):
+    per = []
+    for k in ids:
+        for sh in shapes.split(";"):
+            n = 3 if k in problems_for else 0
+            per.append(dict(kernel=k, shape=sh, problems=n, first=kinds[0] if n and kinds else "",
+                            kinds=list(kinds) if n else [], frames=list(frames) if n else []))
+            if n and abort:
+                break
+    aborted = abort and any(p["problems"] for p in per)      # a tool error kills the process's launch
+    finished = not aborted and not timed_out
+    return dict(tool=tool, kernels=list(ids), shapes=shapes, clean=finished and not any(p["problems"] for p in per),
+                errors=sum(p["problems"] for p in per), warnings=0,
+                exit_code=None if timed_out else (1 if aborted else 0),
+                timed_out=timed_out, finished=finished, summary="", per_launch=per, log_tail="")
+
+
+def test_sanitize_jobs_one_process_per_tool_and_kernel_and_per_shape_after_an_abort(monkeypatch):
     from flashcore import sanitize
 
+    calls = []
+
     def fake(tool, ids, shapes, timeout=600, extra=()):
-        finished = "bad" not in ids
-        per = [dict(kernel=k, shape=s, problems=0, first="") for k in ids for s in shapes.split(";")
-               if finished or k < "bad"]
-        return dict(tool=tool, kernels=list(ids), shapes=shapes, clean=finished, errors=0 if finished else None,
-                    warnings=0, exit_code=0 if finished else 1, timed_out=False, finished=finished,
-                    summary="", per_launch=per, log_tail="")
+        calls.append((tool, tuple(ids), shapes))
+        return _fake_summary(tool, ids, shapes, problems_for={"bad"}, abort=True, kinds=["Invalid read"])
 
     monkeypatch.setattr(sanitize, "run_sanitizer", fake)
-    out = sweep.sanitize_tool("memcheck", ["a", "bad", "c"], "1,3,77,64;1,8,512,64")
-    assert out[0]["superseded"] and [s["kernels"] for s in out[1:]] == [["a"], ["bad"], ["c"]]
-    rows = {r["kernel"]: r["clean"] for r in sweep.sanitizer_rows(out[1:], [(1, 3, 77, 64), (1, 8, 512, 64)])}
-    assert rows == {"a": True, "bad": None, "c": True}     # not run to the end: unknown, neither clean nor blamed
-    assert sweep.sanitize_tool("memcheck", ["a", "c"], "1,3,77,64") == [fake("memcheck", ["a", "c"], "1,3,77,64")]
+    shapes = "1,3,77,64;1,8,512,64"
+    out = sweep.sanitize_jobs(["memcheck", "racecheck"], ["a", "bad"], shapes, workers=3)
+    assert {("memcheck", ("a",), shapes), ("memcheck", ("bad",), shapes)} <= set(calls)
+    # the aborted process is superseded by one process per shape, so the second shape gets a verdict too
+    assert ("memcheck", ("bad",), "1,8,512,64") in calls and len(calls) == 2 * (1 + 1 + 2)
+    live = [s for s in out if not s.get("superseded")]
+    rows = {(r["kernel"], r["shape"]): r["clean"] for r in sweep.sanitizer_rows(live, [(1, 3, 77, 64),
+                                                                                     (1, 8, 512, 64)])}
+    assert rows == {("a", "1,3,77,64"): True, ("a", "1,8,512,64"): True,
+                    ("bad", "1,3,77,64"): False, ("bad", "1,8,512,64"): False}
 
 
-def test_sanitize_tool_respects_the_deadline(monkeypatch):
+def test_sanitize_jobs_respect_the_deadline(monkeypatch):
     import time
 
     from flashcore import sanitize
@@ -632,14 +660,51 @@ def test_sanitize_tool_respects_the_deadline(monkeypatch):
 
     def fake(tool, ids, shapes, timeout=600, extra=()):
         seen.append(timeout)
-        return dict(tool=tool, kernels=list(ids), shapes=shapes, clean=False, errors=None, warnings=0,
-                    exit_code=None, timed_out=True, finished=False, summary="", per_launch=[], log_tail="")
+        return _fake_summary(tool, ids, shapes, timed_out=True)
 
     monkeypatch.setattr(sanitize, "run_sanitizer", fake)
-    out = sweep.sanitize_tool("racecheck", ["a", "b"], "1,3,77,64", timeout=300, deadline=time.time() + 5)
-    assert seen and seen[0] <= 5                       # the batch's timeout is capped by the budget
-    assert [s.get("summary", "") for s in out[1:]] == ["TimeoutError: not run: the sweep's time budget ran out"] * 2
-    assert not any(r["clean"] for r in sweep.sanitizer_rows(out[1:], [(1, 3, 77, 64)]))
+    out = sweep.sanitize_jobs(["racecheck"], ["a", "b"], "1,3,77,64", timeout=300, deadline=time.time() + 8,
+                              workers=1)
+    assert seen and all(t <= 8 for t in seen)          # every timeout is capped by the budget
+    assert not any(r["clean"] for r in sweep.sanitizer_rows(out, [(1, 3, 77, 64)]))
+    late = sweep.sanitize_jobs(["racecheck"], ["a"], "1,3,77,64", deadline=time.time() - 1)
+    assert late[0]["summary"] == "TimeoutError: not run: the sweep's time budget ran out"
+
+
+def test_known_findings_are_shown_as_known_never_as_clean():
+    from flashcore.kernels import KnownFinding
+
+    f = KnownFinding(tool="synccheck", kind="Missing wait", frame="producer_commit", why="see chapter 2")
+    commit = ["cuda::pipeline<...>::producer_commit()", "v11_fixed"]
+    s = _fake_summary("synccheck", ["v11_fixed"], "1,8,512,64", problems_for={"v11_fixed"}, abort=True,
+                      kinds=["Barrier error detected. Missing wait."], frames=commit)
+    (row,) = sweep.sanitizer_rows([s], [(1, 8, 512, 64)], known={"v11_fixed": (f,)})
+    assert row["tools"]["synccheck"]["clean"] == "known" and row["clean"] is True
+    assert row["known"] == ["synccheck: see chapter 2"]
+    # the same report from another frame, another kind next to it, or another tool: a failure
+    for kinds, frames, tool in ((["Barrier error detected. Missing wait."], ["v11_fixed"], "synccheck"),
+                                (["Barrier error detected. Missing wait.", "Invalid arrive"], commit, "synccheck"),
+                                (["Barrier error detected. Missing wait."], commit, "racecheck")):
+        s = _fake_summary(tool, ["v11_fixed"], "1,8,512,64", problems_for={"v11_fixed"}, abort=True, kinds=kinds,
+                          frames=frames)
+        (row,) = sweep.sanitizer_rows([s], [(1, 8, 512, 64)], known={"v11_fixed": (f,)})
+        assert row["clean"] is False and row["known"] == []
+    # without the finding declared, the same report is a failure
+    s = _fake_summary("synccheck", ["v11_fixed"], "1,8,512,64", problems_for={"v11_fixed"}, abort=True,
+                      kinds=["Barrier error detected. Missing wait."], frames=commit)
+    assert sweep.sanitizer_rows([s], [(1, 8, 512, 64)])[0]["clean"] is False
+
+
+def test_status_rows_name_known_findings(tmp_path):
+    run = records.Run("sweep", runs_dir=tmp_path, provenance=dict(PROV, notebook="sweep"))
+    run.add_result("v11_fixed", 1, 8, 512, stage="sanitize", clean=True, known=["synccheck: see chapter 2"],
+                   tools={"synccheck": dict(launches=1, problems=3, clean="known", first="", known="see chapter 2")})
+    run.add_result("v8_seed", 1, 8, 512, stage="sanitize", clean=True,
+                   tools={"synccheck": dict(launches=1, problems=0, clean=True, first="")})
+    run.extra["sanitizer"] = dict(tools=["synccheck"], shapes=["1,8,512,64"], kernels=["v11_fixed", "v8_seed"])
+    (row,) = sweep.status_rows(records.load(run.save()))
+    assert row["result"] == "clean + known findings" and row["passed"]
+    assert "v11_fixed" in row["detail"] and "see chapter 2" in row["detail"]
 
 
 def test_cli_records_the_triton_config(tmp_path, fake_gpu, monkeypatch):

@@ -162,3 +162,26 @@ def test_chapter_tables_and_swimlane_from_a_synthetic_record(tmp_path, monkeypat
     assert (tmp_path / "figs" / "02_v11_swimlane.png").exists()
     assert ch.timing_table(rec).loc["v11_fixed", "× cuDNN"] == 30.0
     assert len(ch.check_table(rec)) == 1
+
+
+@pytest.mark.parametrize("query_tiles", [1, 2])
+def test_v11_roles_fix_is_deadlock_free_and_never_over_arrives(query_tiles):
+    """v11_fixed_roles / v11_fixed_mbarrier: role counts (128 produce, 384 consume), load warps never consume."""
+    r = mc.check(mc.v11(tiles=3, query_tiles=query_tiles, flavour="role", load_releases=False, load_consumes=False))
+    assert not r.deadlock and r.over_arrival is None and not r.truncated
+
+
+def test_v11_variants_share_one_body():
+    """The as-designed kernel and its three fixes differ only in their header (which sets V11_FIXED): a diff of
+    any two shows the one switch, and the switch is what the chapter describes."""
+    from flashcore.paths import KERNELS_DIR
+
+    bodies = {}
+    for name, fixed in (("v11_pipeline", None), ("v11_fixed", "1"), ("v11_fixed_roles", "2"),
+                        ("v11_fixed_mbarrier", "3")):
+        text = (KERNELS_DIR / f"{name}.cu").read_text()
+        header, body = text.split("#include <cuda_fp16.h>", 1)
+        bodies[name] = body
+        if fixed:
+            assert f"#define V11_FIXED {fixed}" in header and f"#define V11_ENTRY {name}" in header
+    assert len(set(bodies.values())) == 1

@@ -38,7 +38,7 @@ def watchdog_runs(params: dict) -> dict:
     B, H, S, D = (int(params[k]) for k in ("B", "H", "S", "D"))
     cycles = int(params.get("watchdog_cycles", watchdog.DEFAULT_CYCLES))
     out = {}
-    for kid in ("v11_pipeline", "v11_fixed_watchdog"):
+    for kid in ("v11_pipeline", "v11_fixed_watchdog", "v11_fixed_roles_watchdog", "v11_fixed_mbarrier_watchdog"):
         t0 = time.perf_counter()
         res = watchdog.launch_guarded(kid, B, H, S, D, cycles=cycles, seed=3)
         res["seconds_with_compile"] = time.perf_counter() - t0
@@ -63,27 +63,31 @@ def measure(run, params: dict) -> None:
     run.add_result("v11_pipeline", B, H, S, D, passed=False if v11["rows"] else None, outcome=outcome,
                    diagnosis=v11["diagnosis"]["sentence"], watchdog_cycles=v11["cycles"],
                    watchdog_seconds=v11["seconds"], stuck_warps=len(v11["rows"]))
-    fx = wd["v11_fixed_watchdog"]
-    run.add_result("v11_fixed_watchdog", B, H, S, D, outcome="deadlock-detected" if fx["rows"] else "finished",
-                   watchdog_cycles=fx["cycles"], watchdog_seconds=fx["seconds"], stuck_warps=len(fx["rows"]),
-                   unwritten=fx["output_unwritten"])
+    for kid in ("v11_fixed_watchdog", "v11_fixed_roles_watchdog", "v11_fixed_mbarrier_watchdog"):
+        fx = wd[kid]
+        run.add_result(kid, B, H, S, D, outcome="deadlock-detected" if fx["rows"] else "finished",
+                       watchdog_cycles=fx["cycles"], watchdog_seconds=fx["seconds"], stuck_warps=len(fx["rows"]),
+                       unwritten=fx["output_unwritten"])
 
     # 2. The model checker: v11 as designed, the fix, the known cases (no GPU involved, recorded for the page).
     t0 = time.perf_counter()
     run.extra["modelcheck"] = modelcheck.run_all(int(params.get("model_tiles", 3)))
     run.extra["modelcheck_seconds"] = time.perf_counter() - t0
 
-    # 3. The fix is right: the checker at the mission shape and the sequence lengths the issue asks for.
-    fixed = _launcher("v11_fixed")
+    # 3. The fixes are right: the checker at the mission shape and the sequence lengths the issue asks for.
     shapes = [(B, H, S)] + [(1, 8, int(s)) for s in params.get("check_S", DEFAULTS["check_S"]) if int(s) != S or
                                                                                             (B, H) != (1, 8)]
-    for (b, h, s) in shapes:
-        chk = check_kernel(lambda q, k, v, o: fixed(q, k, v, o), b, h, s, D, seed=11 + s, kernel="v11_fixed")
-        run.add_result("v11_fixed", b, h, s, D, check=chk, role="check")
+    for kid in FIX_VARIANTS:
+        launch = _launcher(kid)
+        for (b, h, s) in shapes:
+            chk = check_kernel(lambda q, k, v, o: launch(q, k, v, o), b, h, s, D, seed=11 + s, kernel=kid)
+            run.add_result(kid, b, h, s, D, check=chk, role="check")
+    # ... and so are the synccheck controls, against their own reference (column sums of V)
+    run.extra["controls"] = [check_control(kid, 1, 8, s, seed=s) for kid in control_ids() for s in (S, 1000)]
 
-    # 4. Time it beside v12 (if its chapter registered it) and the SDPA backends, same process, same inputs.
+    # 4. Time the fixes beside v12 (if its chapter registered it) and the SDPA backends, same process, same inputs.
     q, k, v = make_inputs(B, H, S, D, seed=5)
-    timed = {"v11_fixed": _timed_launch(fixed, q, k, v)}
+    timed = {kid: _timed_launch(_launcher(kid), q, k, v) for kid in FIX_VARIANTS}
     try:
         timed["v12_baseline"] = _timed_launch(_launcher("v12_baseline"), q, k, v)
     except Exception as exc:   # the v12 chapter may not have registered its kernel yet
@@ -95,13 +99,16 @@ def measure(run, params: dict) -> None:
     del q, k, v
     torch.cuda.empty_cache()
 
-    # 5. compute-sanitizer on the fix, and one Nsight Compute report.
+    # 5. compute-sanitizer: racecheck on the fixes (one process); synccheck on every control and fix, one process
+    #    each (a synccheck error aborts the launch it is in); then one Nsight Compute report.
     shape = f"{B},{H},{S},{D}"
     if params.get("sanitize", True):
-        sums = [sanitize.run_sanitizer(tool, ["v11_fixed"], shape, timeout=150) for tool in ("synccheck", "racecheck")]
-        run.extra["sanitizer"] = dict(summaries=sums, verdicts=sanitize.verdicts(sums))
-        if not sums[0]["clean"]:     # synccheck complained: keep where and what, and try the diagnostic build
-            run.extra["synccheck_detail"] = {v: synccheck_detail(v, shape) for v in SANITIZE_VARIANTS}
+        race = sanitize.run_sanitizer("racecheck", list(FIX_VARIANTS), shape, timeout=200)
+        matrix = sync_matrix(shape)
+        run.extra["sync_matrix"] = matrix
+        sums = [race] + [m for m in matrix["summaries"] if m["kernels"][0] in FIX_VARIANTS]
+        run.extra["sanitizer"] = dict(summaries=[{k: v for k, v in s_.items() if k != "per_launch"} for s_ in sums],
+                                      verdicts=sanitize.verdicts(sums))
     if params.get("ncu", True):
         rep = profile.ncu_profile(run.dir / "v11_fixed.ncu-rep", kernels=["v11_fixed"], shapes=shape,
                                   ncu_set="full", timeout=200)
@@ -112,19 +119,62 @@ def measure(run, params: dict) -> None:
     run.extra["shape"] = [B, H, S, D]
 
 
-SANITIZE_VARIANTS = {"v11_fixed": (), "v11_fixed+drain": (("V11_DRAIN", "1"),)}
+SANITIZE_VARIANTS = {"v11_fixed": (), "v11_fixed+drain": (("V11_DRAIN", "1"),)}   # label → extra -D for v11_fixed
+FIX_VARIANTS = ("v11_fixed", "v11_fixed_roles", "v11_fixed_mbarrier")
+
+
+def control_ids() -> list:
+    """The synccheck controls of kernels/v11_sync_controls.cu, in the order of the matrix."""
+    from ..specs.v11 import CONTROLS
+
+    return list(CONTROLS)
+
+
+def check_control(kernel_id: str, B: int = 1, H: int = 8, S: int = 512, seed: int = 0) -> dict:
+    """A control computes O[b,h,i,:] = Σ_j V[b,h,j,:] for every row i: compare with fp64, output NaN-poisoned first."""
+    import torch
+
+    from ..check import make_inputs
+
+    launch = _launcher(kernel_id)
+    q, k, v = make_inputs(B, H, S, 64, seed=seed)
+    o = torch.full_like(q, float("nan"))
+    launch(q, k, v, o)
+    torch.cuda.synchronize()
+    ref = v.double().sum(dim=2, keepdim=True).expand(B, H, S, 64)
+    err = float((o.double() - ref).abs().max() / ref.abs().max())
+    finite = bool(torch.isfinite(o).all())
+    return dict(kernel=kernel_id, B=B, H=H, S=S, max_rel_err=err, finite=finite, passed=finite and err < 2e-3)
+
+
+def sync_matrix(shape: str = "1,8,512,64", timeout: int = 120,
+                details: tuple = ("v11_ctl_guide", "v11_fixed")) -> dict:
+    """synccheck on every control and every fix, ONE process per kernel: a synccheck error aborts the launch it is
+    in, so a shared process would stop at the first flagged kernel. Each summary keeps, per launch, the distinct
+    report headlines and device frames; ``details`` get the head of their log with backtraces."""
+    from .. import sanitize
+
+    ids = control_ids() + list(FIX_VARIANTS)
+    summaries = [sanitize.run_sanitizer("synccheck", [kid], shape, timeout=timeout) for kid in ids]
+    verdicts = sanitize.verdicts(summaries)
+    flagged = {r["kernel"] for r in verdicts if not r["clean"]}
+    return dict(shape=shape, kernels=ids, summaries=summaries, verdicts=verdicts,
+                details={kid: synccheck_detail(kid, shape) for kid in details if kid in flagged})
 
 
 def sanitize_target(variant: str = "v11_fixed", shape: str = "1,8,512,64") -> None:
-    """What compute-sanitizer runs for :func:`synccheck_detail`: one launch of a v11_fixed build (no registry entry
-    needed for a diagnostic -D variant)."""
+    """What compute-sanitizer runs for :func:`synccheck_detail`: one launch of a registered kernel, or of a v11_fixed
+    diagnostic build named in SANITIZE_VARIANTS (no registry entry needed for a -D variant)."""
     import cupy
 
     from .. import kernels
     from ..compile import load_kernel
 
     B, H, S, D = (int(x) for x in shape.split(","))
-    launch = load_kernel(kernels.get("v11_fixed"), defines=SANITIZE_VARIANTS[variant])
+    if variant in SANITIZE_VARIANTS:
+        launch = load_kernel(kernels.get("v11_fixed"), defines=SANITIZE_VARIANTS[variant])
+    else:
+        launch = load_kernel(kernels.get(variant))
     rng = cupy.random.default_rng(0)
     q, k, v = (rng.standard_normal((B, H, S, D), dtype=cupy.float32).astype(cupy.float16) for _ in range(3))
     o = cupy.full((B, H, S, D), cupy.nan, dtype=cupy.float16)
@@ -270,10 +320,64 @@ def model_trace(rec: Record, name: str = "v11") -> str:
 def check_table(rec: Record):
     import pandas as pd
 
-    rows = [r for r in rec.rows(kernel="v11_fixed") if r.get("role") == "check"]
-    return pd.DataFrame([{"B": r["B"], "H": r["H"], "S": r["S"], "passed": r["passed"],
+    rows = [r for r in rec["results"] if r.get("role") == "check"]
+    return pd.DataFrame([{"kernel": r["kernel"], "B": r["B"], "H": r["H"], "S": r["S"], "passed": r["passed"],
                           "max |err| vs fp64": r["max_abs_err"], "tolerance": r.get("tol"),
                           "deterministic": r["deterministic"]} for r in rows])
+
+
+def _innermost(frames, wanted=("producer_commit", "arrive", "mbarrier")) -> str:
+    """The first device frame that names a pipeline or barrier call (what the report points at)."""
+    for f in frames or ():
+        if any(w in f for w in wanted):
+            f = f.replace("cuda::__4::", "cuda::").replace("(cuda::std::__4::thread_scope)2", "block")
+            return f[:90]
+    return (frames or [""])[0][:90]
+
+
+def sync_matrix_table(rec: Record):
+    """The synccheck matrix: one row per control and fix — what it is, its own check, what synccheck says."""
+    import pandas as pd
+
+    from .. import kernels
+
+    m = rec.get("extra", {}).get("sync_matrix")
+    if not m:
+        return pd.DataFrame([dict(note="no synccheck matrix in this record")])
+    checks: dict = {}
+    for c in rec.get("extra", {}).get("controls", []):
+        checks.setdefault(c["kernel"], []).append(c["passed"])
+    for r in rec["results"]:
+        if r.get("role") == "check":
+            checks.setdefault(r["kernel"], []).append(r["passed"])
+    rows = []
+    for s_ in m["summaries"]:
+        kid = s_["kernels"][0]
+        launches = s_.get("per_launch", [])
+        flagged = [p_ for p_ in launches if p_.get("problems")]
+        rows.append({"kernel": kid, "what it is": kernels.get(kid).idea if kid in {x.id for x in
+                                                                                     kernels.all_specs()} else "",
+                     "own check": f"{sum(checks.get(kid, []))}/{len(checks.get(kid, []))} passed",
+                     "synccheck": "clean" if s_["clean"] else ("flagged" if flagged else "did not finish"),
+                     "errors": s_.get("errors"),
+                     "report": "; ".join(flagged[0].get("kinds", [])) if flagged else "",
+                     "at": _innermost(flagged[0].get("frames")) if flagged else ""})
+    return pd.DataFrame(rows).set_index("kernel")
+
+
+def sync_matrix_verdict(rec: Record) -> dict:
+    """Which kernels synccheck flagged and which it passed, and whether that is the pattern predicted for "synccheck
+    misreads libcu++'s commit" (every kernel that issues cp.async.mbarrier.arrive without .noinc followed by an
+    arrive is flagged; the others are clean)."""
+    m = rec.get("extra", {}).get("sync_matrix")
+    if not m:
+        return dict(clean=[], flagged=[], predicted_flagged=[], as_predicted=None)
+    clean = [s_["kernels"][0] for s_ in m["summaries"] if s_["clean"]]
+    flagged = [s_["kernels"][0] for s_ in m["summaries"] if not s_["clean"]]
+    uses_pair = {"v11_ctl_guide", "v11_ctl_guide_idle", "v11_ctl_roles", "v11_ctl_raw_inc", "v11_fixed",
+                 "v11_fixed_roles"}
+    return dict(clean=clean, flagged=flagged, predicted_flagged=sorted(uses_pair & set(clean + flagged)),
+                as_predicted=set(flagged) == uses_pair & set(clean + flagged))
 
 
 def timing_table(rec: Record):
@@ -296,10 +400,10 @@ def sanitizer_table(rec: Record):
 
 
 def synccheck_table(rec: Record):
-    """synccheck with device backtraces on v11_fixed and its diagnostic drain build (present if synccheck failed)."""
+    """synccheck with device backtraces: the matrix's detail runs (older records: v11_fixed and its drain build)."""
     import pandas as pd
 
-    det = rec.get("extra", {}).get("synccheck_detail")
+    det = rec.get("extra", {}).get("sync_matrix", {}).get("details") or rec.get("extra", {}).get("synccheck_detail")
     if not det:
         return pd.DataFrame([dict(note="synccheck was clean: no detail run")])
     return pd.DataFrame([{"build": k, "errors": d["errors"], "finished": d["finished"], "clean": d["clean"],
