@@ -185,3 +185,40 @@ def test_v11_variants_share_one_body():
         if fixed:
             assert f"#define V11_FIXED {fixed}" in header and f"#define V11_ENTRY {name}" in header
     assert len(set(bodies.values())) == 1
+
+
+def _matrix_summary(kid, flagged):
+    per = [dict(kernel=kid, shape="1,8,512,64", problems=3 if flagged else 0,
+                first="Barrier error detected. Missing wait." if flagged else "",
+                kinds=["Barrier error detected. Missing wait."] if flagged else [],
+                frames=["cuda::__4::pipeline<(cuda::std::__4::thread_scope)2>::producer_commit()", kid] if flagged
+                else [])]
+    return dict(tool="synccheck", kernels=[kid], shapes="1,8,512,64", clean=not flagged, errors=3 if flagged else 0,
+                finished=not flagged, timed_out=False, per_launch=per, summary="")
+
+
+@pytest.mark.parametrize("pattern, expected", [("pair", True), ("everything", False)])
+def test_sync_matrix_verdict_reads_the_pattern_from_the_record(tmp_path, pattern, expected):
+    from flashcore.chapters import v11 as ch
+
+    rec = _synthetic_record(tmp_path)
+    pair = {"v11_ctl_guide", "v11_ctl_guide_idle", "v11_ctl_roles", "v11_ctl_raw_inc", "v11_fixed", "v11_fixed_roles"}
+    ids = ch.control_ids() + list(ch.FIX_VARIANTS)
+    flagged = pair if pattern == "pair" else set(ids)
+    rec["extra"]["sync_matrix"] = dict(shape="1,8,512,64", kernels=ids, details={},
+                                       summaries=[_matrix_summary(k, k in flagged) for k in ids])
+    rec["extra"]["controls"] = [dict(kernel=k, S=512, passed=True) for k in ch.control_ids()]
+    v = ch.sync_matrix_verdict(rec)
+    assert v["as_predicted"] is expected and set(v["flagged"]) == flagged
+    assert v["checks"] == len(ch.control_ids()) + 1 and v["checks_passed"] == v["checks"]
+    table = ch.sync_matrix_table(rec)
+    assert list(table.index) == ids
+    assert table.loc["v11_fixed", "synccheck"] == "flagged"
+    assert table.loc["v11_fixed", "at"] == "cuda::pipeline<thread_scope_block>::producer_commit()"
+    assert table.loc["v11_ctl_guide", "own check"] == "1/1 passed"
+
+
+def test_sync_matrix_verdict_without_a_matrix(tmp_path):
+    from flashcore.chapters import v11 as ch
+
+    assert ch.sync_matrix_verdict(_synthetic_record(tmp_path))["as_predicted"] is None

@@ -327,11 +327,13 @@ def check_table(rec: Record):
 
 
 def _innermost(frames, wanted=("producer_commit", "arrive", "mbarrier")) -> str:
-    """The first device frame that names a pipeline or barrier call (what the report points at)."""
-    for f in frames or ():
-        if any(w in f for w in wanted):
-            f = f.replace("cuda::__4::", "cuda::").replace("(cuda::std::__4::thread_scope)2", "block")
-            return f[:90]
+    """The device frame that says what the report points at: the pipeline call if there is one, else the first
+    barrier call, else the first frame."""
+    for w in wanted:
+        for f in frames or ():
+            if w in f:
+                f = f.replace("cuda::__4::", "cuda::").replace("cuda::std::__4::", "std::")
+                return f.replace("(std::thread_scope)2", "thread_scope_block")[:90]
     return (frames or [""])[0][:90]
 
 
@@ -376,8 +378,14 @@ def sync_matrix_verdict(rec: Record) -> dict:
     flagged = [s_["kernels"][0] for s_ in m["summaries"] if not s_["clean"]]
     uses_pair = {"v11_ctl_guide", "v11_ctl_guide_idle", "v11_ctl_roles", "v11_ctl_raw_inc", "v11_fixed",
                  "v11_fixed_roles"}
+    san = rec.get("extra", {}).get("sanitizer", {})
+    race = [v for v in san.get("verdicts", []) if v["tool"] == "racecheck"]
+    checks = [c["passed"] for c in rec.get("extra", {}).get("controls", [])] + [
+        r["passed"] for r in rec["results"] if r.get("role") == "check"]
     return dict(clean=clean, flagged=flagged, predicted_flagged=sorted(uses_pair & set(clean + flagged)),
-                as_predicted=set(flagged) == uses_pair & set(clean + flagged))
+                as_predicted=set(flagged) == uses_pair & set(clean + flagged),
+                racecheck_clean=bool(race) and all(v["clean"] for v in race), racecheck_kernels=len(race),
+                checks_passed=sum(bool(c) for c in checks), checks=len(checks))
 
 
 def timing_table(rec: Record):

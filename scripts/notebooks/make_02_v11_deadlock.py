@@ -164,8 +164,11 @@ elif mv["as_predicted"]:
     reading = ("That is exactly the pattern predicted for a checker that misreads the arrive pair: NVIDIA's own "
                "Programming Guide pattern is flagged the same way as `v11_fixed`, and the one change that makes the "
                "reports go away, in the controls and in the fix, is committing with a single `.noinc` asynchronous "
-               "arrival instead of libcu++'s pair. Racecheck is clean and every control and fix computes the right "
-               "answer. Our reading: this synccheck flags libcu++'s `producer_commit()` itself, not a protocol "
+               "arrival instead of libcu++'s pair. "
+               + (f"Racecheck is clean on all {mv['racecheck_kernels']} fixes, " if mv["racecheck_clean"] else
+                  "Racecheck is NOT clean on every fix (table in section 5), ")
+               + f"and {mv['checks_passed']} of {mv['checks']} checks of the controls and fixes passed. "
+               "Our reading: this synccheck flags libcu++'s `producer_commit()` itself, not a protocol "
                "error in `v11_fixed` — an inference from controls, not a statement from NVIDIA. "
                "`v11_fixed_mbarrier` is the fix a sanitizer-gated CI can take.")
 else:
