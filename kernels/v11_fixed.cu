@@ -20,8 +20,9 @@
 //   control matrix (kernels/v11_sync_controls.cu) ties the report to libcu++'s commit (cp.async.mbarrier.arrive,
 //   then mbarrier.arrive), and kernels/v11_fixed_mbarrier.cu — this protocol with one .noinc arrival per commit —
 //   is the synccheck-clean build.
-#define V11_ENTRY v11_fixed
 #define V11_FIXED 1
+#define V11_ENTRY v11_fixed
+// ---- v11 body: identical in every kernels/v11_*.cu below this line (scripts/gen_variants.py; tests check) ----
 #include <cuda_fp16.h>
 #include <mma.h>
 #include <cuda/pipeline>

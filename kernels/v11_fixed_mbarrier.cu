@@ -9,8 +9,9 @@
 //   and — the reason it exists — synccheck clean if, as the control kernels (v11_sync_controls.cu) suggest, the
 //   tool flags libcu++'s arrive pair rather than the protocol. (V11_FIXED == 3; the body is byte-identical to
 //   v11_pipeline.cu.)
-#define V11_ENTRY v11_fixed_mbarrier
 #define V11_FIXED 3
+#define V11_ENTRY v11_fixed_mbarrier
+// ---- v11 body: identical in every kernels/v11_*.cu below this line (scripts/gen_variants.py; tests check) ----
 #include <cuda_fp16.h>
 #include <mma.h>
 #include <cuda/pipeline>

@@ -9,8 +9,9 @@
 // Predicted effect: same time as v11_fixed (the same copies and barriers; 384 fewer arrivals per tile, a few ns).
 //   Proved deadlock-free by flashcore/modelcheck.py (model v11_roles). Its purpose in the chapter is the synccheck
 //   matrix: is the "Missing wait" synccheck reports on v11_fixed about who commits, or about how libcu++ commits?
-#define V11_ENTRY v11_fixed_roles
 #define V11_FIXED 2
+#define V11_ENTRY v11_fixed_roles
+// ---- v11 body: identical in every kernels/v11_*.cu below this line (scripts/gen_variants.py; tests check) ----
 #include <cuda_fp16.h>
 #include <mma.h>
 #include <cuda/pipeline>

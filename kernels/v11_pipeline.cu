@@ -34,6 +34,7 @@
 //     word (opaque: a plain load of it reads 0 on the H100) and the cycles waited. Then the thread returns.
 //     flashcore/watchdog.py decodes the buffer.
 //   Extra kernel arguments (after softmax_scale) when WATCHDOG is set: `int* wd_buf, long long wd_budget`.
+// ---- v11 body: identical in every kernels/v11_*.cu below this line (scripts/gen_variants.py; tests check) ----
 #include <cuda_fp16.h>
 #include <mma.h>
 #include <cuda/pipeline>

@@ -42,7 +42,7 @@ def test_variants_share_the_v12_body():
     for f in sorted(KERNELS_DIR.glob("v12_*.cu")):
         text = f.read_text()
         assert text.lstrip().startswith("//"), f.name
-        assert text[text.index(MARKER):] == body, f"{f.name}: body differs; run scripts/gen_v12_variants.py"
+        assert text[text.index(MARKER):] == body, f"{f.name}: body differs; run scripts/gen_variants.py"
         assert f"#define V12_ENTRY {f.stem}" in text
 
 
