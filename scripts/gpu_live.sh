@@ -18,6 +18,10 @@ if ! "$PY" -c "import papermill, ipykernel" 2>/dev/null; then
   if ls .whl/*.whl >/dev/null 2>&1; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+    if ! "$PY" -c "import papermill, ipykernel.kernelapp" 2>/dev/null; then
+      echo "the wheels in .whl/ did not give a working papermill + ipykernel: recording with run-live" >&2
+      RUNNER=run-live
+    fi
   else
     # No Jupyter here and no wheels to install it from: run each chapter's measurements without Jupyter
     # (python -m flashcore.book run-live). The records are the same; their `command` says how they were made.

@@ -23,6 +23,11 @@ if [ "${SLIM:-1}" = 1 ]; then
               requests tqdm typing_extensions urllib3; do
     rm -f .whl/"$name"-[0-9]*.whl
   done
+  # ... and the two biggest wheels, which a notebook run never uses: ipykernel's debugger (debugpy) and IPython's
+  # tab completion (jedi, with parso). Both are optional imports there: without them the kernel starts and runs.
+  for name in debugpy jedi parso; do
+    rm -f .whl/"$name"-[0-9]*.whl
+  done
 fi
 du -sh .whl
 ls .whl | wc -l
