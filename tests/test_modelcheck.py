@@ -213,8 +213,9 @@ def test_sync_matrix_verdict_reads_the_pattern_from_the_record(tmp_path, pattern
     table = ch.sync_matrix_table(rec)
     assert list(table.index) == ids
     assert table.loc["v11_fixed", "synccheck"] == "flagged"
-    assert table.loc["v11_fixed", "at"] == "cuda::pipeline<thread_scope_block>::producer_commit()"
-    assert table.loc["v11_ctl_guide", "own check"] == "1/1 passed"
+    assert table.loc["v11_fixed", "at"] == "pipeline::producer_commit()"
+    assert table.loc["v11_fixed", "report"] == "Missing wait."
+    assert table.loc["v11_ctl_guide", "own check"] == "1/1"
 
 
 def test_sync_matrix_verdict_without_a_matrix(tmp_path):

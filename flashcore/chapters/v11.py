@@ -337,11 +337,24 @@ def _innermost(frames, wanted=("producer_commit", "arrive", "mbarrier")) -> str:
     return (frames or [""])[0][:90]
 
 
-def sync_matrix_table(rec: Record):
-    """The synccheck matrix: one row per control and fix — what it is, its own check, what synccheck says."""
-    import pandas as pd
+# How each kernel of the matrix commits a stage: the one variable the synccheck reports follow.
+COMMIT_KIND = {
+    "v11_ctl_guide": ("libcu++ role-less, all copy", "libcu++ pair"),
+    "v11_ctl_guide_idle": ("libcu++ role-less, half copy", "libcu++ pair"),
+    "v11_ctl_roles": ("libcu++ with roles", "libcu++ pair"),
+    "v11_ctl_raw_inc": ("hand-written", "async arrive + arrive"),
+    "v11_ctl_raw_noinc": ("hand-written", "one .noinc async arrive"),
+    "v11_ctl_raw_waitall": ("hand-written", "wait_all + one arrive"),
+    "v11_fixed": ("libcu++ role-less, load warps copy", "libcu++ pair"),
+    "v11_fixed_roles": ("libcu++ with roles", "libcu++ pair"),
+    "v11_fixed_mbarrier": ("hand-written, roles' counts", "one .noinc async arrive"),
+}
 
-    from .. import kernels
+
+def sync_matrix_table(rec: Record):
+    """The synccheck matrix: one row per control and fix — its pipeline, how it commits, its own check, what
+    synccheck says and where."""
+    import pandas as pd
 
     m = rec.get("extra", {}).get("sync_matrix")
     if not m:
@@ -355,15 +368,15 @@ def sync_matrix_table(rec: Record):
     rows = []
     for s_ in m["summaries"]:
         kid = s_["kernels"][0]
-        launches = s_.get("per_launch", [])
-        flagged = [p_ for p_ in launches if p_.get("problems")]
-        rows.append({"kernel": kid, "what it is": kernels.get(kid).idea if kid in {x.id for x in
-                                                                                     kernels.all_specs()} else "",
-                     "own check": f"{sum(checks.get(kid, []))}/{len(checks.get(kid, []))} passed",
+        flagged = [p_ for p_ in s_.get("per_launch", []) if p_.get("problems")]
+        pipeline, commit = COMMIT_KIND.get(kid, ("", ""))
+        report = "; ".join(k.replace("Barrier error detected. ", "") for k in flagged[0].get("kinds", [])) if flagged else ""
+        at = _innermost(flagged[0].get("frames")) if flagged else ""
+        rows.append({"kernel": kid, "pipeline": pipeline, "a commit is": commit,
+                     "own check": f"{sum(checks.get(kid, []))}/{len(checks.get(kid, []))}",
                      "synccheck": "clean" if s_["clean"] else ("flagged" if flagged else "did not finish"),
-                     "errors": s_.get("errors"),
-                     "report": "; ".join(flagged[0].get("kinds", [])) if flagged else "",
-                     "at": _innermost(flagged[0].get("frames")) if flagged else ""})
+                     "errors": s_.get("errors"), "report": report,
+                     "at": at.replace("cuda::pipeline<thread_scope_block>::", "pipeline::").split("::[lambda")[0]})
     return pd.DataFrame(rows).set_index("kernel")
 
 

@@ -126,8 +126,9 @@ SPECS += [
 
 # The library's kernel: the ladder step that is fastest at the mission shape (v8_07: 64-row query tiles, split-KV
 # combined by DSMEM pushes) with the cluster size and ring depth the variant sweep of scripts/v8_mma_sweep.py chose
-# there (2-CTA clusters, 3-stage cp.async ring). v8_09/v8_10 (two m-tiles per warp) are faster at long sequences;
-# merging the two by shape is the next step (see the v8_mma report).
+# there (2-CTA clusters, 3-stage cp.async ring). Dispatching by shape to v8_09/v8_10 (two m-tiles per warp) was the
+# candidate next step; scripts/v8_crossover.py measures it (12 shapes, H100): the two-m-tile kernels won only at the
+# two largest shapes, by a few percent, and lost everywhere else, so the library keeps this one kernel.
 FLASHCORE_CLUSTER = 2
 FLASHCORE_STAGES = 3
 
