@@ -379,6 +379,16 @@ def test_cli_resolve_kernel():
     assert cli.check_shape("v8_seed", (1, 8, 100, 64, 100), specs) is None
 
 
+def test_control_kernels_are_not_attention():
+    ctl = spec("v11_ctl_guide")
+    object.__setattr__(ctl, "tags", ("control",))
+    with pytest.raises(cli.CliError, match="control kernel"):
+        cli.resolve_kernel("v11_ctl_guide", "check", [ctl])
+    assert cli.resolve_kernel("v11_ctl_guide", "bench", [ctl]) == "v11_ctl_guide"   # timing it is fine
+    with pytest.raises(dispatch.NoKernelError):
+        dispatch.choose(1, 8, 512, 512, [ctl], {}, table=())                       # never dispatched to
+
+
 def test_cli_list_prints_registry_and_table(capsys):
     ev = dispatch.evidence_from_records([rec("r", "2026-01-01", [row("a", passed=True)])])
     text = cli.list_text([spec("a"), spec("kept", expect_failure=True)], evidence=ev)
