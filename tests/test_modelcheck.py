@@ -222,3 +222,22 @@ def test_sync_matrix_verdict_without_a_matrix(tmp_path):
     from flashcore.chapters import v11 as ch
 
     assert ch.sync_matrix_verdict(_synthetic_record(tmp_path))["as_predicted"] is None
+
+
+def test_sync_matrix_runs_one_synccheck_process_per_kernel(monkeypatch):
+    from flashcore import sanitize
+    from flashcore.chapters import v11 as ch
+
+    calls = []
+
+    def fake(tool, ids, shapes, timeout=600, extra=()):
+        calls.append((tool, tuple(ids), shapes))
+        return _matrix_summary(ids[0], ids[0] == "v11_fixed")
+
+    monkeypatch.setattr(sanitize, "run_sanitizer", fake)
+    monkeypatch.setattr(ch, "synccheck_detail", lambda kid, shape: dict(kernel=kid))
+    m = ch.sync_matrix("1,8,512,64")
+    ids = ch.control_ids() + list(ch.FIX_VARIANTS)
+    assert sorted(calls) == sorted(("synccheck", (k,), "1,8,512,64") for k in ids)
+    assert [s["kernels"][0] for s in m["summaries"]] == ids                    # the matrix keeps its order
+    assert list(m["details"]) == ["v11_fixed"]                                  # details only where flagged

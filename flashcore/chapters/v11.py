@@ -148,14 +148,14 @@ def check_control(kernel_id: str, B: int = 1, H: int = 8, S: int = 512, seed: in
 
 
 def sync_matrix(shape: str = "1,8,512,64", timeout: int = 120,
-                details: tuple = ("v11_ctl_guide", "v11_fixed")) -> dict:
+                details: tuple = ("v11_ctl_guide", "v11_fixed"), workers: int = 4) -> dict:
     """synccheck on every control and every fix, ONE process per kernel: a synccheck error aborts the launch it is
     in, so a shared process would stop at the first flagged kernel. Each summary keeps, per launch, the distinct
     report headlines and device frames; ``details`` get the head of their log with backtraces."""
-    from .. import sanitize
+    from .. import sanitize, sweep
 
     ids = control_ids() + list(FIX_VARIANTS)
-    summaries = [sanitize.run_sanitizer("synccheck", [kid], shape, timeout=timeout) for kid in ids]
+    summaries = sweep.sanitize_jobs(["synccheck"], ids, shape, timeout=timeout, workers=workers)   # one per kernel
     verdicts = sanitize.verdicts(summaries)
     flagged = {r["kernel"] for r in verdicts if not r["clean"]}
     return dict(shape=shape, kernels=ids, summaries=summaries, verdicts=verdicts,
