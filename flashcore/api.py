@@ -7,8 +7,9 @@
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
 
 Steps: describe the inputs (:mod:`flashcore.validate`), validate them (clear errors, nothing launched), pick the
-kernel for the shape (:mod:`flashcore.dispatch`), compile it once per process (:func:`flashcore.compile.load_kernel`
-caches; CuPy also caches the NVRTC output on disk across processes), launch on the caller's current stream.
+kernel for the shape and device (:func:`flashcore.dispatch.choose`, a pure function), compile it once per process
+and device (:func:`flashcore.compile.load_kernel`; CuPy also caches the NVRTC output on disk across processes),
+launch on the caller's current stream.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import functools
 from typing import Optional
 
 from . import dispatch, kernels
-from .validate import ArrayDesc, Plan, describe, validate
+from .validate import Plan, describe, validate
 
 __all__ = ["attention", "kernel_for", "NoKernelError"]
 
@@ -33,63 +34,37 @@ def _device_index(plan: Plan) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _device_facts(index: int) -> tuple:
-    """(SM count, GPU slug) of a CUDA device, asked once."""
+    """(SM count,) of a CUDA device, asked once."""
     import cupy
 
-    from .provenance import gpu_slug
-
-    props = cupy.cuda.runtime.getDeviceProperties(index)
-    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-    return int(props["multiProcessorCount"]), gpu_slug(name)
+    return (int(cupy.cuda.runtime.getDeviceProperties(index)["multiProcessorCount"]),)
 
 
-@functools.lru_cache(maxsize=4096)
-def _choose(B: int, H: int, S_q: int, S_kv: int, num_sms: int, slug: Optional[str]) -> dispatch.Choice:
-    return dispatch.choose(B, H, S_q, S_kv, kernels.all_specs(), dispatch.recorded_evidence(slug),
-                           num_sms=num_sms)
+@functools.lru_cache(maxsize=None)
+def _device_rule_input(index: int) -> dispatch.Device:
+    import cupy
+
+    return dispatch.Device(sm=int(cupy.cuda.Device(index).compute_capability), num_sms=_device_facts(index)[0])
 
 
 def kernel_for(q_shape, k_shape=None, device: int = 0) -> dispatch.Choice:
-    """Which kernel :func:`attention` would launch for these shapes (and why). Needs the GPU's SM count."""
+    """Which kernel :func:`attention` would launch for these shapes on CUDA device ``device``, and why."""
     k_shape = q_shape if k_shape is None else k_shape
     B, H, S_q, _ = q_shape
-    sms, slug = _device_facts(device)
-    return _choose(int(B), int(H), int(S_q), int(k_shape[2]), sms, slug)
+    return dispatch.choose(int(B), int(H), int(S_q), int(k_shape[2]), _device_rule_input(device))
 
 
-_HOME_DEVICE: dict = {}      # kernel id → the device load_kernel compiled it on
-_OTHER: dict = {}            # (kernel id, device) → Launcher for any other device
-_READY: dict = {}            # (kernel id, device) → Launcher, whichever way it was built (the per-call lookup)
+_READY: dict = {}            # (kernel id, device) → Launcher (the per-call lookup: no file read, no hashing)
 
 
 def _launcher(kernel_id: str, device: int):
-    """The compiled kernel for ``device``: load_kernel's per-process cache on the first device that asks."""
-    import cupy
-
-    from .compile import CompileError, Launcher, device_arch, load_kernel, nvrtc_options
-
+    """The compiled kernel for ``device`` (compiled once per process and device by compile.load_kernel)."""
     hit = _READY.get((kernel_id, device))
-    if hit is not None:           # no file read, no hashing: the per-call cost of a warm call is the launch
-        return hit
-    spec = kernels.get(kernel_id)
-    with cupy.cuda.Device(device):
-        home = _HOME_DEVICE.setdefault(kernel_id, device)
-        if home == device:
-            _READY[(kernel_id, device)] = load_kernel(spec)
-            return _READY[(kernel_id, device)]
-        # load_kernel's cache key has no device: a second GPU gets its own module, compiled the same way
-        key = (kernel_id, device)
-        if key not in _OTHER:
-            arch = device_arch()
-            try:
-                module = cupy.RawModule(code=spec.path.read_text(), options=nvrtc_options(arch, spec.defines),
-                                        backend="nvrtc")
-                fn = module.get_function(spec.entry)
-            except cupy.cuda.compiler.CompileException as exc:
-                raise CompileError(spec.path, str(exc), "NVRTC") from None
-            _OTHER[key] = Launcher(spec, fn, arch, _device_facts(device)[0])
-        _READY[key] = _OTHER[key]
-        return _OTHER[key]
+    if hit is None:
+        from .compile import load_kernel
+
+        hit = _READY[(kernel_id, device)] = load_kernel(kernels.get(kernel_id), device=device)
+    return hit
 
 
 def _prepare_torch(x, why: Optional[str]):
@@ -127,9 +102,9 @@ def attention(q, k, v, *, scale: Optional[float] = None, copy: bool = True, kern
     dev = _device_index(plan)
     if plan.empty:
         return _empty_like(q, plan)
-    sms, slug = _device_facts(dev)
+    sms = _device_facts(dev)[0]
     if kernel is None:
-        kernel_id = _choose(plan.B, plan.H, plan.S_q, plan.S_kv, sms, slug).kernel
+        kernel_id = dispatch.choose(plan.B, plan.H, plan.S_q, plan.S_kv, _device_rule_input(dev)).kernel
     else:
         spec = kernels.get(kernel)
         problem = dispatch.launch_problem(spec, plan.bh, plan.S_q, plan.S_kv, sms)
@@ -164,11 +139,3 @@ def _empty_like(q, plan: Plan):
 
     with cupy.cuda.Device(_device_index(plan)):
         return cupy.empty(plan.out_shape, dtype=cupy.float16)
-
-
-def describe_inputs(q, k, v) -> list:
-    """The descriptors :func:`attention` validates (for debugging a rejected call)."""
-    return [describe(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"))]
-
-
-ArrayDesc = ArrayDesc

@@ -6,7 +6,7 @@ are not a multiple of any tile (S = 2 … 1023 odd lengths), the longest lengths
 ``max_seq``, B in 1…4, H in 1…16, and a work bound so that the fp64 reference stays cheap. Every case has its own
 input seed.
 
-:func:`fuzz_kernel` runs them on the GPU: each case is :func:`flashcore.check.check_kernel` with two launches on
+:func:`fuzz_kernel` runs them on the GPU: each case is :func:`flashcore.harness.check.check_kernel` with two launches on
 fresh NaN-poisoned outputs — the first the raw kernel, the second through the library's validated call
 (:func:`flashcore.api.attention` with ``kernel=<id>``, a quarter of the time on non-contiguous views so the copy
 path runs too) — so "deterministic" also says the library call and the raw kernel agree bit for bit. The Triton
@@ -21,6 +21,8 @@ import math
 import random
 import time
 from typing import Callable, List, Optional
+
+from .harness.progress import bar
 
 HEAD_DIM = 64
 TRITON_ID = "triton_attention"
@@ -89,7 +91,7 @@ def cases_for(kernel_id: str, n: int, seed: int = 0) -> List[dict]:
     from . import kernels
 
     spec = kernels.get(kernel_id)
-    return fuzz_cases(n, seed=seed, cross=spec.cross, max_seq=min(16384, spec.max_seq))
+    return fuzz_cases(n, seed=seed, cross=spec.cross)
 
 
 # ------------------------------------------------------------------------------------------------ on the GPU
@@ -140,7 +142,7 @@ def run_case(kernel_id: str, case: dict, index: int = 0, runs: int = 2) -> dict:
     """One fuzz case on the GPU → a row (check fields, the case, the config, any error)."""
     import torch
 
-    from .check import check_kernel
+    from .harness.check import check_kernel
 
     row = dict(case)
     try:
@@ -165,26 +167,15 @@ def fuzz_kernel(kernel_id: str, n: int = 200, seed: int = 0, progress: bool = Tr
     """Every case of :func:`cases_for` through :func:`run_case`, with a progress bar."""
     cases = cases_for(kernel_id, n, seed=seed)
     rows = []
-    bar = _bar(cases, f"fuzz {kernel_id}", progress)
-    for i, case in enumerate(bar):
+    cases_bar = bar(cases, f"fuzz {kernel_id}", progress, unit="case")
+    for i, case in enumerate(cases_bar):
         t0 = time.time()
         row = run_case(kernel_id, case, index=i, runs=runs)
         row["seconds"] = round(time.time() - t0, 3)
         rows.append(row)
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(failed=sum(1 for r in rows if not r.get("passed")))
+        if hasattr(cases_bar, "set_postfix"):
+            cases_bar.set_postfix(failed=sum(1 for r in rows if not r.get("passed")))
     return rows
-
-
-def _bar(items, desc: str, progress: bool, unit: str = "case", total=None):
-    """A tqdm progress bar over ``items`` (the items themselves without tqdm or with ``progress=False``)."""
-    if not progress:
-        return items
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=desc, unit=unit, dynamic_ncols=True, total=total)
 
 
 def summarize(kernel_id: str, rows: List[dict]) -> dict:
@@ -216,7 +207,7 @@ def special_inputs(B: int = 1, H: int = 2, S: int = 100, seed: int = 7, device: 
     * ``neg_inf_row``: q[0, 1, 7, 0] = -inf and k[0, 1, :, 0] = 1 → every score of row 7 is -inf: the softmax
       formula gives NaN (0/0); SDPA (torch ≥ 2.5's "safe" softmax) gives 0 for such a row.
     """
-    from .check import make_inputs
+    from .harness.check import make_inputs
 
     q, k, v = make_inputs(B, H, S, HEAD_DIM, seed=seed, device=device)
     out = {}
@@ -243,11 +234,11 @@ def nonfinite_rows(o) -> list:
 
 def special_values(fn: Callable, sdpa: Optional[Callable] = None, device: str = "cuda") -> dict:
     """For each special input: the non-finite output rows of ``fn(q, k, v) → o``, of SDPA (default backend) and
-    of the fp64 softmax formula (:func:`flashcore.reference.attention_ref64`), and whether ``fn`` matches each.
+    of the fp64 softmax formula (:func:`flashcore.harness.reference.attention_ref64`), and whether ``fn`` matches each.
     (They can differ from each other: SDPA returns 0 for a row whose scores are all -inf, the formula NaN.)"""
     import torch.nn.functional as F
 
-    from .reference import attention_ref64
+    from .harness.reference import attention_ref64
 
     sdpa = sdpa or (lambda q, k, v: F.scaled_dot_product_attention(q, k, v))
     out = {}
@@ -271,7 +262,7 @@ def api_smoke(shape=(1, 8, 512, 64), seed: int = 11, kernel: Optional[str] = Non
     import torch
 
     from . import api
-    from .check import check_kernel, make_inputs
+    from .harness.check import check_kernel, make_inputs
 
     B, H, S, D = shape
     out = []

@@ -194,3 +194,19 @@ def newest(notebook: str, device: Optional[str] = None, runs_dir: Path = RUNS_DI
         raise RecordError(f"no recorded run of {notebook!r}{where} under {runs_dir}; record one live on a GPU "
                           f"(devices with records: {', '.join(devices(runs_dir)) or 'none'})")
     return max(found, key=lambda r: (r["provenance"]["date"], r["run_id"]))
+
+
+def complete_devices(notebooks: Iterable[str], runs_dir: Path = RUNS_DIR) -> list:
+    """GPU slugs with a record of every notebook in ``notebooks``, newest complete set first (by the newest
+    date among the records that complete it)."""
+    wanted = set(notebooks)
+    newest_by: dict = {}
+    for rec in all_records(runs_dir):
+        nb = rec["provenance"].get("notebook")
+        if nb in wanted:
+            slug = rec.dir.parent.name
+            newest_by.setdefault(slug, {})
+            d = rec["provenance"].get("date", "")
+            newest_by[slug][nb] = max(newest_by[slug].get(nb, ""), d)
+    done = [(max(by.values()), slug) for slug, by in newest_by.items() if set(by) == wanted]
+    return [slug for _, slug in sorted(done, reverse=True)]

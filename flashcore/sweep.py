@@ -1,4 +1,4 @@
-"""The library's GPU sweep, one command: ``python -m flashcore.sweep [--quick]``.
+"""The library's GPU sweep, one command: ``python -m flashcore sweep [--quick]``.
 
 1. **Fuzz** every library kernel — ``flashcore`` (once the v8 chapter registers it) and the Triton peer
    ``triton_attention`` (if Triton imports) — over :func:`flashcore.fuzz.fuzz_cases` (200 cases each; ``--quick``:
@@ -18,7 +18,6 @@ cut off by it is recorded as not clean, never as clean.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -51,120 +50,14 @@ def sanitizer_kernels(specs=None) -> List[str]:
     return sorted(s.id for s in specs if not s.expect_failure and not kernels.is_control(s))
 
 
-def _shape_str(shape) -> str:
-    return ",".join(str(int(x)) for x in shape)
-
-
-def known_finding(findings: Sequence, tool: str, launches: Sequence[dict]) -> Optional[str]:
-    """The ``why`` of the :class:`~flashcore.kernels.KnownFinding` that explains every problem of these launches,
-    or None. Explained means: same tool, every report headline contains its ``kind``, and a device frame of the
-    launch contains its ``frame``."""
-    flagged = [p for p in launches if p.get("problems")]
-    if not flagged:
-        return None
-    for f in findings:
-        if f.tool != tool:
-            continue
-        if all(p.get("kinds") and all(f.kind in k for k in p["kinds"]) and any(f.frame in fr for fr in p.get("frames", []))
-               for p in flagged):
-            return f.why
-    return None
-
-
-def sanitizer_rows(summaries: Sequence[dict], shapes: Sequence[tuple], known: Optional[dict] = None) -> List[dict]:
-    """Per (kernel, shape): launches seen and problems per tool, and a verdict per tool: True if the tool ran the
-    launch to the end and found nothing, "known" if everything it found is a known finding of that kernel
-    (``known``: kernel id → its KnownFindings), False if it found anything else, None if it did not get to the
-    launch (timed out, out of budget, an earlier launch in its process aborted) — not run is never shown clean, nor
-    blamed on the kernel. The row's ``clean`` is False if any tool is False, else None if any is None, else True
-    (known findings listed in ``known``)."""
-    known = known or {}
-    rows = {}
-    for kid, shape in ((k, _shape_str(sh)) for s in summaries for k in s["kernels"] for sh in shapes):
-        rows.setdefault((kid, shape), dict(kernel=kid, shape=shape, tools={}, clean=True, known=[]))
-    for s in summaries:
-        covered = set(str(s.get("shapes", "")).replace(" ", "").split(";"))
-        for kid in s["kernels"]:
-            for shape in (sh for sh in (_shape_str(x) for x in shapes) if sh in covered):
-                row = rows[(kid, shape)]
-                launches = [p for p in s["per_launch"] if p["kernel"] == kid and p["shape"] == shape]
-                problems = sum(p["problems"] for p in launches)
-                ran = bool(launches) and (bool(s["finished"] and not s["timed_out"]) or problems > 0)
-                why = known_finding(known.get(kid, ()), s["tool"], launches) if problems else None
-                verdict = ("known" if why else False) if problems else (True if ran else None)
-                prev = row["tools"].get(s["tool"])
-                if prev is not None and prev["clean"] is not None and verdict is None:
-                    continue                      # a later partial process does not erase an earlier verdict
-                row["tools"][s["tool"]] = dict(launches=len(launches), problems=problems, clean=verdict,
-                                               first=next((p["first"] for p in launches if p["first"]), ""),
-                                               **({"known": why} if why else {}))
-    for row in rows.values():
-        verdicts = [t["clean"] for t in row["tools"].values()]
-        row["clean"] = False if False in verdicts else (None if None in verdicts or not verdicts else True)
-        row["known"] = sorted({f"{tool}: {t['known']}" for tool, t in row["tools"].items() if t.get("known")})
-    return list(rows.values())
-
-
-def _failed_summary(tool, ids, shapes, exc) -> dict:
-    return dict(tool=tool, kernels=list(ids), shapes=shapes, clean=False, errors=None, warnings=0, exit_code=None,
-                timed_out=False, finished=False, summary=f"{type(exc).__name__}: {exc}", per_launch=[], log_tail="")
-
-
-def sanitize_jobs(tools: Sequence[str], ids: Sequence[str], shapes: str, timeout: int = 300, workers: int = 8,
-                  deadline: Optional[float] = None, progress: bool = False) -> list:
-    """One compute-sanitizer process per (tool, kernel), ``workers`` at a time (each is mostly host-side work, and
-    the GPU host has cores to spare). A tool that reports an error aborts the launch it is in (the process then
-    ends with a launch failure), so a process that did not finish is marked ``superseded`` and rerun one shape per
-    process: one finding can hide neither another kernel's verdict nor the kernel's other shape. ``deadline`` (a
-    ``time.time()``) caps every timeout; a job left when it has passed is recorded as not run."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
-    from . import sanitize
-
-    def left(cap):
-        return int(cap if deadline is None else max(1, min(cap, deadline - time.time())))
-
-    def one(tool, kid, shape_arg):
-        if deadline is not None and deadline - time.time() < 5:
-            return _failed_summary(tool, [kid], shape_arg, TimeoutError("not run: the sweep's time budget ran out"))
-        try:
-            out = sanitize.run_sanitizer(tool, [kid], shape_arg, timeout=left(timeout))
-        except Exception as exc:       # no compute-sanitizer on this machine: say so in the record
-            return _failed_summary(tool, [kid], shape_arg, exc)
-        return out
-
-    def job(tool, kid):
-        t0 = time.time()
-        first = one(tool, kid, shapes)
-        first["seconds"] = round(time.time() - t0, 1)
-        out = [first]
-        parts = [p for p in shapes.split(";") if p]
-        if not first["finished"] and not first["timed_out"] and len(parts) > 1 and first.get("exit_code") is not None:
-            first["superseded"] = True
-            for part in parts:
-                t1 = time.time()
-                out.append(one(tool, kid, part))
-                out[-1]["seconds"] = round(time.time() - t1, 1)
-        return out
-
-    results = []
-    pairs = [(t, k) for t in tools for k in ids]
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
-        futures = [ex.submit(job, t, k) for t, k in pairs]
-        for fut in _bar(as_completed(futures), "compute-sanitizer", progress, unit="job", total=len(futures)):
-            results += fut.result()
-    order = {p: i for i, p in enumerate(pairs)}
-    results.sort(key=lambda s: (order.get((s["tool"], s["kernels"][0]), 0), s.get("superseded") is not True))
-    return results
-
-
 def run_sweep(quick: bool = False, cases: Optional[int] = None, tools: Optional[Sequence[str]] = None,
               seed: int = 0, progress: bool = True, runs_dir=None, sanitize_timeout: Optional[int] = None,
               fuzz_ids: Optional[Sequence[str]] = None, sanitize_ids: Optional[Sequence[str]] = None,
               provenance: Optional[dict] = None, smoke_kernel: Optional[str] = None,
               budget: Optional[float] = None, workers: int = 8):
     """Everything above into one record; returns (record path, summary dict)."""
-    from . import fuzz, records, sanitize
+    from . import fuzz, records
+    from .tools import sanitize
 
     n = cases or (QUICK_CASES if quick else FULL_CASES)
     tools = list(tools or (("memcheck",) if quick else sanitize.TOOLS))
@@ -195,29 +88,29 @@ def run_sweep(quick: bool = False, cases: Optional[int] = None, tools: Optional[
     run.extra["api_smoke"] = fuzz.api_smoke(kernel=smoke_kernel)
     t_fuzz = time.time() - t0
 
-    sanitizer = dict(tools=tools, shapes=[_shape_str(s) for s in shapes], kernels=sanitize_ids, summaries=[],
+    sanitizer = dict(tools=tools, shapes=[sanitize.shape_str(s) for s in shapes], kernels=sanitize_ids, summaries=[],
                      verdicts=[], workers=workers)
     if sanitize_ids:
         from . import kernels as _kernels
 
-        shape_arg = ";".join(_shape_str(s) for s in shapes)
+        known = {s_.id: s_.known_findings for s_ in _kernels.all_specs() if s_.id in sanitize_ids}
+        shape_arg = ";".join(sanitize.shape_str(s) for s in shapes)
         t_san = time.time()
-        raw = sanitize_jobs(tools, sanitize_ids, shape_arg, timeout=sanitize_timeout or (100 if quick else 300),
+        raw = sanitize.run_jobs(tools, sanitize_ids, shape_arg, timeout=sanitize_timeout or (100 if quick else 300),
                             workers=workers, deadline=deadline, progress=progress)
         sanitizer["seconds"] = round(time.time() - t_san, 1)
         for s in raw:
             sanitizer["summaries"].append({k: v for k, v in s.items() if k != "per_launch"})
             if not s.get("superseded"):
-                sanitizer["verdicts"] += sanitize.verdicts([s])
-        known = {s_.id: s_.known_findings for s_ in _kernels.all_specs() if s_.id in sanitize_ids}
-        for row in sanitizer_rows([s for s in raw if not s.get("superseded")], shapes, known=known):
+                sanitizer["verdicts"] += sanitize.verdicts([s], known)
+        for row in sanitize.rows([s for s in raw if not s.get("superseded")], shapes, known=known):
             B, H, S, D = (int(x) for x in row["shape"].split(","))
             run.add_result(row["kernel"], B, H, S, D, stage="sanitize", clean=row["clean"], tools=row["tools"],
                            known=row["known"])
     run.extra["sanitizer"] = sanitizer
     fuzz_ok = all(s["passed"] for s in fuzz_summary.values())
     san_rows = [r for r in run.results if r.get("stage") == "sanitize"]
-    san_ok = bool(san_rows) and all(r.get("clean") is True for r in san_rows)
+    san_ok = bool(san_rows) and all(r.get("clean") in (True, "known") for r in san_rows)   # known: explained, listed
     smoke_ok = all(r["ok"] for r in run.extra["api_smoke"])
     run.extra["verdict"] = dict(fuzz_passed=fuzz_ok, sanitizer_clean=san_ok, api_smoke_passed=smoke_ok,
                                 passed=fuzz_ok and san_ok and smoke_ok,
@@ -241,12 +134,6 @@ def _library_fn(kernel_id: str):
     from . import api
 
     return lambda q, k, v: api.attention(q, k, v, kernel=kernel_id)
-
-
-def _bar(items, desc, progress, unit="item", total=None):
-    from .fuzz import _bar as bar
-
-    return bar(items if total is not None else list(items), desc, progress, unit=unit, total=total)
 
 
 # ------------------------------------------------------------------------------------------- from a record
@@ -311,46 +198,3 @@ def status_rows(record) -> List[dict]:
                         subject=f"{len({k for k, _ in verdicts})} kernels × {len(san.get('shapes', []))} shapes",
                         result=result, detail=detail[:600], passed=bool(verdicts) and not bad and not not_run))
     return out
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m flashcore.sweep", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true",
-                    help=f"{QUICK_CASES} fuzz cases per kernel, memcheck only, no per-kernel sanitizer "
-                         "reruns (a smoke test of the command)")
-    ap.add_argument("--cases", type=int, default=None, help=f"fuzz cases per kernel (default {FULL_CASES})")
-    ap.add_argument("--tools", default=None, help="comma-separated sanitizer tools (default: all four)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--budget", type=float, default=None,
-                    help="seconds the whole sweep may take (default 540, quick 200): caps the sanitizer timeouts")
-    ap.add_argument("--workers", type=int, default=8,
-                    help="compute-sanitizer processes at a time (one per tool and kernel; default 8)")
-    ap.add_argument("--smoke-kernel", default=None,
-                    help="kernel for the library-call smoke test (default: flashcore if registered, else dispatch)")
-    args = ap.parse_args(argv)
-    if args.cases is not None and args.cases < 1:
-        ap.error(f"--cases must be ≥ 1, got {args.cases}")
-    if args.workers < 1:
-        ap.error(f"--workers must be ≥ 1, got {args.workers}")
-    tools = [t for t in args.tools.split(",") if t] if args.tools else None
-    from .sanitize import TOOLS
-
-    for t in tools or ():
-        if t not in TOOLS:
-            ap.error(f"--tools: {t!r} is not one of {', '.join(TOOLS)}")
-    path, verdict = run_sweep(quick=args.quick, cases=args.cases, tools=tools, seed=args.seed,
-                              progress=not args.no_progress, smoke_kernel=args.smoke_kernel,
-                              budget=args.budget or (200 if args.quick else 540), workers=args.workers)
-    from . import records
-
-    rec = records.load(path)
-    print(f"recorded {path}")
-    for r in status_rows(rec):
-        print(f"  {'ok ' if r['passed'] else 'BAD'} {r['check']:<30} {r['subject']:<24} {r['result']:<16} "
-              f"{r['detail']}")
-    return 0 if verdict["passed"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

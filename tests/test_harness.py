@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from flashcore import bench, book, check, compile as fc_compile, driver, profile, records, sass
+from flashcore import book, compile as fc_compile, records
+from flashcore.harness import bench, check
+from flashcore.tools import driver, profile, sass
 from flashcore.kernels import KernelSpec, LaunchShape, cdiv, get
 
 DATA = Path(__file__).parent / "data"
@@ -74,7 +76,7 @@ def test_cdiv_and_launch_shape():
 # ------------------------------------------------------------------------------------------------ check
 def test_pass_rule_right_and_wrong_outputs():
     torch = pytest.importorskip("torch")
-    from flashcore.reference import attention_ref64
+    from flashcore.harness.reference import attention_ref64
 
     q, k, v = check.make_inputs(1, 2, 33, 64, seed=3, device="cpu")
     ref = attention_ref64(q, k, v)
@@ -222,24 +224,124 @@ def test_ncu_reader_on_committed_report():
         profile.read_report(ROOT / "runs" / "missing.ncu-rep")
 
 
-def test_method_chapter_draws_only_from_record(tmp_path):
-    """Copy the committed record, change one number, and the table shows the changed number."""
-    pytest.importorskip("pandas")
-    from flashcore.chapters import method
+# ------------------------------------------------------------------------------------ the one measuring routine
+def _fake_measure(monkeypatch):
+    import torch
 
-    rec = _method_record()
-    copy = tmp_path / "dev" / rec["run_id"]
-    shutil.copytree(rec.dir, copy)
-    data = json.loads((copy / "run.json").read_text())
-    for row in data["results"]:
-        if row["kernel"] == "sdpa_cudnn" and row["S"] == 512:
-            row["median_us"] = 123.456
-    (copy / "run.json").write_text(json.dumps(data))
-    changed = records.load(copy / "run.json")
-    table = method.backend_table(changed)
-    assert 123.456 in table.iloc[:, 0].tolist()
-    assert method.floors(changed)["launch (empty kernel, graph)"] > 0
-    del data["extra"]["ceilings"]
-    (copy / "run.json").write_text(json.dumps(data))
-    with pytest.raises(records.RecordError, match="ceilings"):
-        method.floors(records.load(copy / "run.json"))
+    from flashcore.harness import measure
+
+    checks = []
+
+    def fake_check(fn, B, H, S, D=64, seed=0, runs=3, S_kv=None, scale=None, kernel=""):
+        checks.append((kernel, S, S_kv))
+        ok = "wrong" not in kernel
+        return check.CheckResult(kernel, B, H, S, S_kv or S, D, seed, 1e-3 if ok else 1.0, 1e-3, 2.01e-3, ok, True,
+                                 runs, 0, 0)
+
+    timed = []
+
+    def fake_time(fn, launches_per_graph=20, samples=50, warmup=3, flush=False):
+        timed.append(fn.__name__)
+        return bench.summarize([4.0, 5.0, 6.0], launches_per_graph, "fake")
+
+    monkeypatch.setattr(measure, "check_kernel", fake_check)
+    monkeypatch.setattr(bench, "time_graph", fake_time)
+    monkeypatch.setattr(measure, "make_inputs", lambda *a, **kw: (torch.zeros(1), torch.zeros(1), torch.zeros(1)))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **kw: None)
+
+    def contender(kid, check=True, expect_failure=False, boom=False):
+        def fn():
+            return None
+        fn.__name__ = kid
+
+        def timed_fn(q, k, v, o):
+            if boom:
+                raise RuntimeError("no kernel image for this shape")
+            return fn
+        return measure.Contender(kid, launch=lambda q, k, v, o: None, timed=timed_fn, check=check,
+                                 expect_failure=expect_failure, fields=lambda shape: dict(source=f"{kid}.cu"))
+    return measure, contender, checks, timed
+
+
+def test_check_then_time_times_only_what_passed(tmp_path, monkeypatch):
+    measure, contender, checks, timed = _fake_measure(monkeypatch)
+    run = _run(tmp_path)
+    rows = measure.check_then_time(run, [contender("good"), contender("wrong"), contender("kept_wrong",
+                                   expect_failure=True), contender("peer", check=False), contender("boom", boom=True)],
+                                   1, 8, 512, lpg=20, role="mission", check_shapes=[(1, 8, 1000)])
+    assert timed == ["good", "kept_wrong", "peer"]                      # a failed check is never timed
+    assert rows["good"]["median_us"] == 5.0 and rows["good"]["tflops"] > 0 and rows["good"]["role"] == "mission"
+    assert rows["wrong"]["passed"] is False and rows["wrong"]["median_us"] is None
+    assert rows["kept_wrong"]["passed"] is False and rows["kept_wrong"]["median_us"] == 5.0
+    assert rows["peer"]["passed"] is None and rows["peer"]["median_us"] == 5.0      # the yardstick, not checked
+    assert "no kernel image" in rows["boom"]["error"] and rows["boom"]["median_us"] is None
+    assert rows["good"]["source"] == "good.cu"
+    extra = [r for r in run.results if r.get("role") == "check"]
+    assert {(r["kernel"], r["S"]) for r in extra} == {(k, 1000) for k in ("good", "wrong", "kept_wrong", "peer",
+                                                                             "boom")}
+    assert ("good", 1000, 1000) in checks and not any(c[0] == "peer" for c in checks)
+
+
+def test_scaling_sweep_rows_and_errors(monkeypatch):
+    measure, contender, _, _ = _fake_measure(monkeypatch)
+    monkeypatch.setattr("torch.cuda.empty_cache", lambda: None)
+    rows = measure.scaling_sweep([contender("a"), contender("b", boom=True)], [(1, 8, 128), (4, 16, 4096, 1024)])
+    assert [(r["kernel"], r["S"], r["S_kv"]) for r in rows] == [("a", 128, 128), ("b", 128, 128), ("a", 4096, 1024),
+                                                                 ("b", 4096, 1024)]
+    assert rows[0]["median_us"] == 5.0 and "error" in rows[1] and "median_us" not in rows[1]
+
+
+# ------------------------------------------------------------------------------------------- the page's pieces
+def test_table_shows_no_nan_none_or_index():
+    import math
+
+    html = book.table([dict(kernel="a", us=1.23456, ratio=None, err=float("nan"), shape=(1, 8, 512), ok=True)],
+                      show=False)
+    assert "NaN" not in html and "None" not in html and "nan" not in html.lower().replace("nanoseconds", "")
+    assert "1.23" in html and "1×8×512" in html and "yes" in html and html.count("—") == 2
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame([dict(x=1.0, y=math.nan)])                   # an unnamed index is not a column
+    assert "<th>x</th><th>y</th>" in book.table(df, show=False).replace("\n", "")
+    assert book.fmt(12345.6) == "12,346" and book.fmt(0.000123) == "1.2e-04" and book.fmt(None) == "—"
+
+
+def test_dropdown_escapes_logs():
+    out = book.dropdown("3 reports", code="<error> & more", show=False)
+    assert "<details" in out and "&lt;error&gt; &amp; more" in out and "3 reports" in out
+
+
+def test_book_gpu_is_one_parameter_or_the_newest_complete_set(tmp_path, monkeypatch):
+    from flashcore.chapters import CHAPTERS
+
+    def rec(slug, nb, date):
+        run = records.Run(nb, runs_dir=tmp_path, provenance=dict(FAKE_PROV, gpu_slug=slug, notebook=nb, date=date))
+        run.add_result("k", 1, 8, 512)
+        run.save()
+
+    for nb in CHAPTERS:
+        rec("old-gpu", nb, "2026-01-01T00:00:00+00:00")
+    rec("new-gpu", "04_results", "2026-02-01T00:00:00+00:00")          # newer, but not complete
+    monkeypatch.delenv(book.GPU_ENV, raising=False)
+    assert book.book_gpu(runs_dir=tmp_path) == "old-gpu"
+    monkeypatch.setenv(book.GPU_ENV, "new-gpu")
+    assert book.book_gpu(runs_dir=tmp_path) == "new-gpu"
+    monkeypatch.setenv(book.GPU_ENV, "absent")
+    with pytest.raises(records.RecordError, match="absent"):
+        book.book_gpu(runs_dir=tmp_path)
+    assert records.complete_devices(list(CHAPTERS), tmp_path) == ["old-gpu"]
+
+
+def test_plots_save_shows_the_saved_file_by_name(tmp_path, monkeypatch):
+    from flashcore import plots
+
+    shown = []
+    monkeypatch.setenv("FLASHCORE_FIGURES_DIR", str(tmp_path))
+    monkeypatch.setattr(book, "show_figure", lambda path, name, alt="": shown.append((path, name)))
+    plt = plots.plt()
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [3, 4])
+    ax.set_xticks([1, 2])
+    ax.set_xticklabels(["a long tick label", "another"], rotation=30)
+    path = plots.save(fig, "unit_chart", records.load(_run(tmp_path / "r").save()))
+    assert path.is_file() and shown == [(path, "unit_chart")]
+    assert not plt.get_fignums()                                     # closed: nothing shown twice

@@ -1,6 +1,6 @@
 """Launch kernels and nothing else: the program that ncu and compute-sanitizer run.
 
-``python -m flashcore.driver --kernels v12_baseline,v8_seed --shapes "1,8,512,64;1,1,128,64" [--sdpa cudnn,flash]
+``python -m flashcore.tools.driver --kernels v12_baseline,v8_seed --shapes "1,8,512,64;1,1,128,64" [--sdpa cudnn,flash]
 [--empty] [--launches 1] [--warmup 0]``
 
 Inputs are random fp16 (CuPy, no torch import unless SDPA is asked for), the output is NaN-poisoned, and before
@@ -59,8 +59,8 @@ class _profiled:
 def launch_kernels(kernel_ids, shapes, launches: int = 1, warmup: int = 0, seed: int = 0) -> None:
     import cupy
 
-    from . import kernels
-    from .compile import load_kernel
+    from .. import kernels
+    from ..compile import load_kernel
 
     rng = cupy.random.default_rng(seed)
     for kid in kernel_ids:
@@ -87,7 +87,7 @@ def launch_kernels(kernel_ids, shapes, launches: int = 1, warmup: int = 0, seed:
 def launch_sdpa(backends, shapes, launches: int = 1) -> None:
     import torch
 
-    from .bench import sdpa_callables
+    from ..harness.bench import sdpa_callables
 
     for shape in shapes:
         B, H, S, D = shape[:4]
@@ -116,7 +116,7 @@ def launch_empty(launches: int = 1) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m flashcore.driver", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m flashcore.tools.driver", description=__doc__.split("\n\n")[0])
     ap.add_argument("--kernels", default="", help="comma-separated kernel ids")
     ap.add_argument("--shapes", default="1,8,512,64")
     ap.add_argument("--sdpa", default="", help="comma-separated SDPA backends: cudnn,flash,efficient,default")

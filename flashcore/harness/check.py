@@ -114,8 +114,8 @@ def check_kernel(fn: Callable, B: int, H: int, S: int, D: int = 64, seed: int = 
 def check_spec(kernel_id: str, B: int, H: int, S: int, D: int = 64, seed: int = 0, runs: int = 3,
                S_kv: Optional[int] = None) -> CheckResult:
     """:func:`check_kernel` for a registered kernel id (compiled inline)."""
-    from . import kernels
-    from .compile import load_kernel
+    from .. import kernels
+    from ..compile import load_kernel
 
     launch = load_kernel(kernels.get(kernel_id))
     return check_kernel(lambda q, k, v, o: launch(q, k, v, o), B, H, S, D, seed=seed, runs=runs, S_kv=S_kv,

@@ -1,6 +1,6 @@
 """Why is it that fast? Nsight Compute as a subprocess, its report read back with NVIDIA's ``ncu_report``.
 
-:func:`ncu_profile` runs ``ncu`` on the launch-only driver (``python -m flashcore.driver``) and writes a
+:func:`ncu_profile` runs ``ncu`` on the launch-only driver (``python -m flashcore.tools.driver``) and writes a
 ``.ncu-rep`` next to the run record. :func:`read_report` turns a report into tidy rows (one per profiled kernel):
 duration, speed-of-light throughputs, occupancy, the warp-state (stall) breakdown, memory traffic, tensor-pipe
 utilisation and launch statistics. On a CPU machine ``ncu_report`` is the PyPI wheel ``ncu-report``; on the GPU
@@ -62,7 +62,11 @@ METRICS = {
     "occupancy_limit_blocks": ["launch__occupancy_limit_blocks"],
 }
 STALL_RE = re.compile(r"^smsp__average_warps_issue_stalled_(\w+?)_per_issue_active\.ratio$")
-STALL_RE_ALT = re.compile(r"^smsp__average_warp_latency_issue_stalled_(\w+?)\.ratio$")
+# The sections the book reads (every tidy metric above and the stall breakdown), and no more: a --set full report
+# is 1.5–12 MB, mostly per-instruction source counters no page shows, and the repository travels to the GPU host
+# only under 64 MiB.
+BOOK_SECTIONS = ("SpeedOfLight", "MemoryWorkloadAnalysis", "MemoryWorkloadAnalysis_Tables", "Occupancy",
+                 "WarpStateStats", "LaunchStats", "ComputeWorkloadAnalysis", "SchedulerStats", "InstructionStats")
 
 
 def find_ncu() -> str:
@@ -118,7 +122,7 @@ def ncu_profile(out_rep: Path, kernels: Sequence[str] = (), shapes: str = "1,8,5
     if launch_skip:
         cmd += ["-s", str(launch_skip)]
     cmd += list(extra)
-    cmd += [sys.executable, "-m", "flashcore.driver", "--shapes", shapes]
+    cmd += [sys.executable, "-m", "flashcore.tools.driver", "--shapes", shapes]
     if kernels:
         cmd += ["--kernels", ",".join(kernels)]
     if sdpa:

@@ -77,7 +77,7 @@ def instruction_counts(sass: str) -> dict:
 
 def evidence(spec, arch: str = "sm_90") -> dict:
     """Compile ``spec`` with nvcc and count its SASS evidence."""
-    from .compile import nvcc_compile
+    from ..compile import nvcc_compile
 
     rep = nvcc_compile(spec, arch=arch)
     return instruction_counts(sass_of(rep.cubin))
