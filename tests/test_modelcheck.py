@@ -127,43 +127,6 @@ def test_extra_args_budget():
         wd.set_budget(10)
 
 
-def _synthetic_record(tmp_path):
-    from flashcore.records import Record
-
-    rows = wd.decode(_synthetic_buffer())
-    extra = {"watchdog": {"v11_pipeline": {"rows": rows, "diagnosis": wd.diagnose(rows), "seconds": 0.06,
-                                           "cycles": 10 ** 8, "finished": False},
-                          "v11_fixed_watchdog": {"rows": [], "diagnosis": wd.diagnose([]), "seconds": 0.001,
-                                                 "cycles": 10 ** 8, "finished": True, "output_unwritten": 0}},
-             "modelcheck": mc.run_all(tiles=2), "shape": [1, 8, 512, 64]}
-    results = [dict(kernel="v11_pipeline", B=1, H=8, S=512, D=64, passed=False, outcome="deadlock-detected"),
-               dict(kernel="v11_fixed", B=1, H=8, S=128, D=64, passed=True, max_abs_err=1e-4, tol=2e-4,
-                    deterministic=True, role="check")]
-    for name, us in (("v11_fixed", 300.0), ("sdpa_cudnn", 10.0)):
-        results.append(dict(kernel=name, B=1, H=8, S=512, D=64, median_us=us, p10_us=us, p90_us=us, tflops=1.0,
-                            role="timing"))
-    data = dict(run_id="synthetic", provenance=dict(gpu="test", commit="0" * 10, date="2026"), results=results,
-                extra=extra)
-    return Record(data, tmp_path / "run.json")
-
-
-def test_chapter_tables_and_swimlane_from_a_synthetic_record(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLASHCORE_FIGURES_DIR", str(tmp_path / "figs"))
-    from flashcore.chapters import v11 as ch
-
-    rec = _synthetic_record(tmp_path)
-    assert len(ch.watchdog_table(rec)) == 3
-    assert not ch.watchdog_sites(rec).empty
-    mt = ch.model_table(rec)
-    assert bool(mt.loc["v11", "deadlock"]) and not bool(mt.loc["v11_fixed", "deadlock"])
-    assert "STUCK" in ch.model_trace(rec, "v11") and "deadlock-free" in ch.model_trace(rec, "v11_fixed")
-    ch.plot_swimlane(rec, "v11")
-    ch.plot_swimlane(rec, "v11_fixed", save_as="02_v11_swimlane_fixed")
-    assert (tmp_path / "figs" / "02_v11_swimlane.png").exists()
-    assert ch.timing_table(rec).loc["v11_fixed", "× cuDNN"] == 30.0
-    assert len(ch.check_table(rec)) == 1
-
-
 @pytest.mark.parametrize("query_tiles", [1, 2])
 def test_v11_roles_fix_is_deadlock_free_and_never_over_arrives(query_tiles):
     """v11_fixed_roles / v11_fixed_mbarrier: role counts (128 produce, 384 consume), load warps never consume."""
@@ -186,58 +149,186 @@ def test_v11_variants_share_one_body():
         assert f"#define V11_FIXED {fixed}" in header and f"#define V11_ENTRY {name}" in header
 
 
-def _matrix_summary(kid, flagged):
-    per = [dict(kernel=kid, shape="1,8,512,64", problems=3 if flagged else 0,
-                first="Barrier error detected. Missing wait." if flagged else "",
-                kinds=["Barrier error detected. Missing wait."] if flagged else [],
-                frames=["cuda::__4::pipeline<(cuda::std::__4::thread_scope)2>::producer_commit()", kid] if flagged
-                else [])]
-    return dict(tool="synccheck", kernels=[kid], shapes="1,8,512,64", clean=not flagged, errors=3 if flagged else 0,
-                finished=not flagged, timed_out=False, per_launch=per, summary="")
+# ------------------------------------------------------------------------------ Hopper: mbarriers with tx bytes, TMA
+KV = mc.KV_TILE_BYTES
 
 
-@pytest.mark.parametrize("pattern, expected", [("pair", True), ("everything", False)])
-def test_sync_matrix_verdict_reads_the_pattern_from_the_record(tmp_path, pattern, expected):
-    from flashcore.chapters import v11 as ch
-
-    rec = _synthetic_record(tmp_path)
-    pair = {"v11_ctl_guide", "v11_ctl_guide_idle", "v11_ctl_roles", "v11_ctl_raw_inc", "v11_fixed", "v11_fixed_roles"}
-    ids = ch.control_ids() + list(ch.FIX_VARIANTS)
-    flagged = pair if pattern == "pair" else set(ids)
-    rec["extra"]["sync_matrix"] = dict(shape="1,8,512,64", kernels=ids, details={},
-                                       summaries=[_matrix_summary(k, k in flagged) for k in ids])
-    rec["extra"]["controls"] = [dict(kernel=k, S=512, passed=True) for k in ch.control_ids()]
-    v = ch.sync_matrix_verdict(rec)
-    assert v["as_predicted"] is expected and set(v["flagged"]) == flagged
-    assert v["checks"] == len(ch.control_ids()) + 1 and v["checks_passed"] == v["checks"]
-    table = ch.sync_matrix_table(rec)
-    assert list(table.index) == ids
-    assert table.loc["v11_fixed", "synccheck"] == "flagged"
-    assert table.loc["v11_fixed", "at"] == "pipeline::producer_commit()"
-    assert table.loc["v11_fixed", "report"] == "Missing wait."
-    assert table.loc["v11_ctl_guide", "own check"] == "1/1"
+def _clean(r):
+    return (not r.deadlock and not r.truncated and r.safety is None and not r.safety_kinds
+            and r.tx_mismatch is None and r.over_arrival is None and r.terminal_states >= 1)
 
 
-def test_sync_matrix_verdict_without_a_matrix(tmp_path):
-    from flashcore.chapters import v11 as ch
+@pytest.mark.parametrize("stages, consumers, tiles", [(2, 2, 3), (2, 3, 4), (3, 2, 4), (3, 3, 3), (4, 2, 3),
+                                                      (4, 3, 4), (1, 2, 3), (2, 2, 1)])
+def test_hopper_protocol_is_deadlock_free_and_never_overwrites(stages, consumers, tiles):
+    r = mc.check(mc.hopper_ws(stages, consumers, tiles))
+    assert r.safety_checked and _clean(r), r.verdict
+    assert "no buffer is written while it is read" in r.verdict
 
-    assert ch.sync_matrix_verdict(_synthetic_record(tmp_path))["as_predicted"] is None
+
+def test_hopper_grid_is_proved_quickly():
+    rows = mc.sweep_hopper(stages=(2, 3, 4), consumers=(2, 3), tiles=(3, 4), wrap=False)
+    assert len(rows) == 12
+    assert all(not r["deadlock"] and r["safe"] and not r["violated"] and not r["truncated"] for r in rows)
+    assert max(r["states"] for r in rows) < 100_000                         # 50 555 at 4 stages, 3 consumers, 4 tiles
+    assert sum(r["states"] for r in rows) > 10_000                          # the search really ran
+    assert [r["refills"] for r in rows if r["stages"] == 4] == [False] * 4  # 4 stages, ≤ 4 tiles: no stage reused
 
 
-def test_sync_matrix_runs_one_synccheck_process_per_kernel(monkeypatch):
-    from flashcore import sanitize
-    from flashcore.chapters import v11 as ch
+def test_hopper_proof_covers_the_parity_wrap():
+    rows = mc.sweep_hopper(stages=(2, 3), consumers=(2,), tiles=(), wrap=True)
+    assert [(r["stages"], r["tiles"]) for r in rows] == [(2, 5), (3, 7)]
+    assert all(r["refills"] and not r["violated"] and not r["truncated"] for r in rows)
+    assert _clean(mc.check(mc.hopper_ws(3, 3, 7)))
 
-    calls = []
 
-    def fake(tool, ids, shapes, timeout=600, extra=()):
-        calls.append((tool, tuple(ids), shapes))
-        return _matrix_summary(ids[0], ids[0] == "v11_fixed")
+@pytest.mark.parametrize("stages", [2, 3])
+def test_hopper_overlap_is_safe_with_two_stages_and_deadlocks_with_one(stages):
+    assert _clean(mc.check(mc.hopper_ws(stages, 2, 4, overlap=True)))
+    one = mc.check(mc.hopper_ws(1, 2, 3, overlap=True))      # a consumer holds stage 0 while it waits for its refill
+    assert one.deadlock and one.safety is None
+    assert any(s["process"].startswith("consumer") and s["barrier"] == "full[0]" for s in one.stuck)
 
-    monkeypatch.setattr(sanitize, "run_sanitizer", fake)
-    monkeypatch.setattr(ch, "synccheck_detail", lambda kid, shape: dict(kernel=kid))
-    m = ch.sync_matrix("1,8,512,64")
-    ids = ch.control_ids() + list(ch.FIX_VARIANTS)
-    assert sorted(calls) == sorted(("synccheck", (k,), "1,8,512,64") for k in ids)
-    assert [s["kernels"][0] for s in m["summaries"]] == ids                    # the matrix keeps its order
-    assert list(m["details"]) == ["v11_fixed"]                                  # details only where flagged
+
+def test_hopper_roleless_finds_the_v11_bug():
+    r = mc.check(mc.hopper_roleless(2, 2, 3))
+    assert r.deadlock and r.safety is None and len(r.trace) <= 20
+    cons = [s for s in r.stuck if s["process"].startswith("consumer")]
+    assert len(cons) == 2
+    for s in cons:                                            # one elected arrival of the block's 384
+        assert s["barrier"] == "full[0]" and s["arrived"] == 1 and s["expected"] == 384 and s["tx_pending"] == 0
+    assert mc.check(mc.hopper_roleless(3, 3, 4)).deadlock
+
+
+def test_hopper_wrong_parity_deadlocks_before_the_first_tile():
+    r = mc.check(mc.hopper_wrong_parity(2, 2, 3))
+    assert r.deadlock and len(r.trace) <= 6
+    prod = next(s for s in r.stuck if s["process"] == "producer")
+    assert prod["barrier"] == "empty[0]" and prod["phase"] == 0 and "parity 0" in prod["waits_for"]
+
+
+def test_hopper_short_release_overwrites_a_stage_a_consumer_still_reads():
+    r = mc.check(mc.hopper_short_release(2, 2, 3))
+    assert "overwrite" in r.violated and r.safety is not None and len(r.safety["trace"]) <= 22
+    ow = r.safety_kinds["overwrite"]
+    last = ow["trace"][-1]
+    assert last["process"] == "producer" and last["op"].startswith("TMA K2 → K[0]")
+    assert "still reads K0" in ow["message"]
+    victim = ow["message"].split(" while ")[1].split(" still")[0]
+    ops = [s["op"] for s in ow["trace"] if s["process"] == victim]
+    assert "reads K0 in K[0]" in ops[-1]                      # its last step was the wait that started the read
+    three = mc.check(mc.hopper_short_release(2, 3, 3, empty_count=2))
+    assert "overwrite" in three.violated
+    with pytest.raises(ValueError):
+        mc.hopper_short_release(2, 2, 3, empty_count=2)
+
+
+def test_hopper_tx_mismatch_is_caught_both_ways():
+    short = mc.check(mc.hopper_tx_mismatch(2, 2, 3))          # expect K only: the phase completes with V in flight
+    assert "read before landed" in short.violated and len(short.safety["trace"]) <= 10
+    assert short.tx_mismatch["kind"] == "completes early" and short.tx_mismatch["bytes_in_flight"] == KV
+    assert short.tx_mismatch["barrier"] == "full[0]"
+    long = mc.check(mc.hopper_ws(2, 2, 3, expect_bytes=3 * KV))   # expect more: the phase never completes
+    assert long.deadlock and long.safety is None
+    assert long.tx_mismatch["kind"] == "never completes" and long.tx_mismatch["bytes_missing"] == KV
+    assert any(s["barrier"] == "full[0]" and s["tx_pending"] == KV and s["arrived"] == 1 for s in long.stuck)
+
+
+def test_hopper_release_needs_the_whole_warpgroup():
+    early = mc.check(mc.hopper_warp_release(2, 1, 3))         # warp 0 arrives when only its own wgmmas retired
+    assert "overwrite" in early.violated and "warps 1-3" in early.safety_kinds["overwrite"]["message"]
+    assert _clean(mc.check(mc.hopper_warp_release(2, 1, 3, warpgroup_sync=True)))
+    assert _clean(mc.check(mc.hopper_warp_release(2, 2, 3, warpgroup_sync=True)))
+
+
+def _one_stage(producer: list, consumer: list) -> mc.Model:
+    procs = [mc.Process("producer", 1, producer, "producer"), mc.Process("consumer", 128, consumer, "consumer"),
+             mc.Process("TMA engine", 0, [], "copy engine", engine=True)]
+    return mc.Model("one stage", procs, {"full": 1}, buffers=["B"])
+
+
+READ_B = [("mbar_wait", "full", 0, (("B", "D"),)), ("work", "use D", ("B",))]
+
+
+def test_tx_phase_waits_for_the_bytes_as_well_as_the_arrival():
+    m = _one_stage([("mbar_arrive_tx", "full", 1, 100), ("tma_load", "full", "B", 60, "D"),
+                    ("tma_load", "full", "B", 40, "D")], READ_B)
+    steps = mc.simulate(m, ["producer", "producer", "producer", "TMA engine"])
+    assert [s["barriers"]["full"]["tx"] for s in steps] == [100, 100, 100, 60]
+    assert all(s["barriers"]["full"]["phase"] == 0 for s in steps)          # arrival in, 60 B still to land
+    with pytest.raises(ValueError, match="consumer cannot move"):
+        mc.simulate(m, ["producer", "producer", "producer", "TMA engine", "consumer"])
+    done = mc.simulate(m, ["producer", "producer", "producer", "TMA engine", "TMA engine", "consumer"])
+    assert done[4]["barriers"]["full"] == dict(phase=1, arrivals=0, tx=0) and done[5]["op"].startswith("try_wait")
+    assert _clean(mc.check(m))
+
+
+def test_tx_bytes_may_land_before_the_expect_tx():
+    # copy first, arrive.expect_tx after: the count dips below zero, the pending arrival holds the phase
+    m = _one_stage([("tma_load", "full", "B", 100, "D"), ("mbar_arrive_tx", "full", 1, 100)], READ_B)
+    steps = mc.simulate(m, ["producer", "TMA engine", "producer", "consumer"])
+    assert steps[1]["barriers"]["full"] == dict(phase=0, arrivals=0, tx=-100)
+    assert steps[2]["barriers"]["full"] == dict(phase=1, arrivals=0, tx=0)
+    assert _clean(mc.check(m))
+    # but a plain arrive before the expect_tx completes the phase with nothing expected: the read can start early
+    bad = _one_stage([("mbar_arrive", "full", 1, ()), ("mbar_expect_tx", "full", 100),
+                      ("tma_load", "full", "B", 100, "D")], READ_B)
+    r = mc.check(bad)
+    assert "read before landed" in r.violated
+    assert mc.simulate(bad, ["producer"])[0]["barriers"]["full"]["phase"] == 1
+
+
+def test_parity_wait_passes_once_the_phase_of_that_parity_completed():
+    procs = [mc.Process("arriver", 1, [("mbar_arrive", "b", 1, ())] * 2),
+             mc.Process("p0", 32, [("mbar_wait", "b", 0, ())]), mc.Process("p1", 32, [("mbar_wait", "b", 1, ())])]
+    m = mc.Model("parity", procs, {"b": 1})
+    mc.simulate(m, ["p1"])                                    # fresh barrier (phase 0): parity 1 passes at once
+    with pytest.raises(ValueError):
+        mc.simulate(m, ["p0"])                                # parity 0: phase 0 has not completed
+    assert mc.simulate(m, ["arriver", "p0"])[1]["op"].startswith("try_wait.parity(0) b: phase 0 done")
+    with pytest.raises(ValueError):
+        mc.simulate(m, ["arriver", "p1"])                     # phase 1 is current: parity 1 waits again
+    mc.simulate(m, ["arriver", "arriver", "p1"])              # phase 1 completed
+    with pytest.raises(ValueError):
+        mc.simulate(m, ["arriver", "arriver", "p0"])          # phase 2 current: parity 0 waits (ABA: 2 phases on)
+
+
+def test_hopper_over_arrival_is_reported():
+    m = mc.hopper_ws(2, 2, 3)
+    cons = m.processes[1].program                             # consumer 0 releases its first stage twice
+    first = next(k for k, op in enumerate(cons) if op[0] == "mbar_arrive")
+    cons.insert(first + 1, ("mbar_arrive", cons[first][1], 1, ()))
+    r = mc.check(m)
+    assert r.over_arrival is not None and r.over_arrival["process"] == "consumer 0"
+    assert r.over_arrival["op"].startswith("arrive empty[0]")
+    assert "over-arrival" in r.violated and "overwrite" in r.violated   # the double release frees the stage early
+
+
+def test_run_hopper_is_json_ready():
+    import json
+
+    with pytest.raises(ValueError):
+        mc.run_hopper(stages=4, consumers=2, tiles=4)            # no refill: release faults could not show
+    out = mc.run_hopper(stages=2, consumers=2, tiles=3)
+    json.loads(json.dumps(out))
+    assert out["hopper_ws"]["violated"] == [] and out["hopper_ws"]["violation"] is None
+    assert out["hopper_ws"]["protocol"]["empty_expected_arrivals"] == 2
+    assert out["hopper_ws"]["protocol"]["full_expected_tx_bytes"] == 2 * KV
+    expected = {"hopper_roleless": "deadlock", "hopper_wrong_parity": "deadlock",
+                "hopper_short_release": "overwrite before read", "hopper_tx_mismatch": "read before landed",
+                "hopper_warp_release": "overwrite before read"}
+    for name, kind in expected.items():
+        v = out[name]["violation"]
+        assert v["kind"] == kind and 0 < v["steps"] <= 25 and out[name]["verdict"], name
+        for st in v["trace"]:
+            assert {"process", "op", "step"} <= set(st)
+        assert all("barrier" in st and "phase" in st for st in v["trace"] if not st["op"].startswith("S"))
+    assert "overwrite" in out["hopper_short_release"]["violated"]
+    assert not out["hopper_overlap"]["violated"] and not out["hopper_warp_release_synced"]["violated"]
+
+
+def test_pipeline_models_keep_their_record_layout():
+    out = mc.run_all(tiles=2)
+    assert all("safety_checked" not in r for r in out.values())
+    assert (out["v11"]["states"], len(out["v11"]["trace"])) == (58, 15)
+    assert out["v11_fixed"]["states"] == 835
