@@ -1,15 +1,19 @@
 # FlashCore — the two commands (see README.md):
 #   make book   environment + every notebook executed (auto: live on a GPU, replay elsewhere) + _build/html
 #   make test   environment + replay build of the book + the test suite (browser tests included)
+# One GPU per book: `make book GPU=h100-80gb-hbm3` shows that GPU's records (a folder of runs/); default: the
+# newest GPU with a record of every chapter. MODE=replay forces a replay build on a GPU host.
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 MODE   ?= auto
+GPU    ?=
+GPU_ARG := $(if $(GPU),--gpu $(GPU))
 
 .PHONY: book test setup browser live clean help
 help:
-	@echo "make book | make test | make live (GPU host) | make clean"
+	@echo "make book [GPU=<runs/ folder>] | make test | make live (GPU host) | make clean"
 
 $(VENV)/.installed: requirements.txt
 	@echo "== creating $(VENV) with $(PYTHON) and installing requirements.txt"
@@ -29,10 +33,10 @@ browser:
 	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; }
 
 book: setup
-	$(PY) scripts/build_book.py --mode $(MODE)
+	$(PY) scripts/build_book.py --mode $(MODE) $(GPU_ARG)
 
 test: setup browser
-	$(PY) scripts/build_book.py --mode replay
+	$(PY) scripts/build_book.py --mode replay $(GPU_ARG)
 	$(PY) -m pytest -q tests
 
 # GPU host with no internet: wheels prepared beforehand in .whl/ (scripts/prepare_gpu_wheels.sh).

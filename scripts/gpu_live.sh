@@ -19,14 +19,14 @@ if ! "$PY" -c "import papermill, ipykernel" 2>/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
     if ! "$PY" -c "import papermill, ipykernel.kernelapp" 2>/dev/null; then
-      echo "the wheels in .whl/ did not give a working papermill + ipykernel: recording with run-live" >&2
-      RUNNER=run-live
+      echo "the wheels in .whl/ did not give a working papermill + ipykernel: recording with 'python -m flashcore live'" >&2
+      RUNNER=cli
     fi
   else
     # No Jupyter here and no wheels to install it from: run each chapter's measurements without Jupyter
-    # (python -m flashcore.book run-live). The records are the same; their `command` says how they were made.
-    echo "papermill/ipykernel missing and .whl/ empty: recording with 'python -m flashcore.book run-live'" >&2
-    RUNNER=run-live
+    # (python -m flashcore live <notebook>). The records are the same; their `command` says how they were made.
+    echo "papermill/ipykernel missing and .whl/ empty: recording with 'python -m flashcore live'" >&2
+    RUNNER=cli
   fi
 fi
 # Provenance: the commit of this tree (a copy without .git passes it in FLASHCORE_COMMIT / FLASHCORE_DIRTY).
@@ -37,12 +37,13 @@ if git rev-parse HEAD >/dev/null 2>&1; then
   fi
 fi
 export PYTHONUNBUFFERED=1
-if [ "$RUNNER" = run-live ]; then
-  if [ "$#" -gt 0 ]; then nbs=("$@"); else nbs=($(ls notebooks/[0-9][0-9]_*.ipynb | xargs -n1 basename | sed 's/\.ipynb$//')); fi
+if [ "$RUNNER" = cli ]; then
+  # Only the chapters measure (flashcore.chapters.CHAPTERS); pages such as 06_gpus read records and need no GPU.
+  if [ "$#" -gt 0 ]; then nbs=("$@"); else nbs=($("$PY" -c "from flashcore.chapters import CHAPTERS; print(' '.join(CHAPTERS))")); fi
   rc=0
   for nb in "${nbs[@]}"; do
-    echo "== $nb (run-live)"
-    FLASHCORE_COMMAND="python -m flashcore.book run-live $nb (scripts/gpu_live.sh)" "$PY" -m flashcore.book run-live "$nb" || rc=1
+    echo "== $nb (python -m flashcore live)"
+    FLASHCORE_COMMAND="python -m flashcore live $nb (scripts/gpu_live.sh)" "$PY" -m flashcore live "$nb" || rc=1
   done
   exit $rc
 fi

@@ -40,6 +40,8 @@ METRICS = {
     "dram_read_bytes": ["dram__bytes_read.sum"],
     "dram_write_bytes": ["dram__bytes_write.sum"],
     "l2_bytes": ["lts__t_bytes.sum"],
+    "l2_read_sectors": ["lts__t_sectors_srcunit_tex_op_read.sum"],
+    "l2_write_sectors": ["lts__t_sectors_srcunit_tex_op_write.sum"],
     "smem_bank_conflicts": ["l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum"],
     "smem_ld_bank_conflicts": ["l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum"],
     "smem_st_bank_conflicts": ["l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum"],
