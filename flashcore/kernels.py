@@ -1,15 +1,21 @@
 """The kernel registry: every kernel version's id, source file and launch geometry.
 
 A chapter declares its kernels in ``flashcore/specs/<chapter>.py`` as a list ``SPECS`` of :class:`KernelSpec`;
-this module collects them. Kernel ids are the ids used in run records (``v12_baseline``, ``v8_03_swizzle`` ...).
+this module collects them. Kernel ids are the ids used in run records (``v12_baseline``, ``v8_03_swizzle`` ...) and
+never change; ``source`` is the file's path under ``kernels/`` (``v8/v8_07_dsmem_push.cu``), which may.
+
+What a spec does not hold: the kernel's dynamic shared memory. The kernel is the one source of it (the
+``<entry>_smem_bytes`` symbol, see kernels/README.md); :class:`flashcore.compile.Launcher` reads it from the module.
 """
 from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 from .paths import KERNELS_DIR
 
@@ -30,6 +36,18 @@ Grid = Tuple[int, int, int]
 
 
 @dataclass(frozen=True)
+class LaunchTensors:
+    """What ``extra_args`` may look at besides the shape: the launch's tensors and the array module (CuPy) for any
+    buffer it allocates. The Hopper kernels build their TMA descriptors from q, k, v, o."""
+
+    q: Any
+    k: Any
+    v: Any
+    o: Any
+    xp: Any
+
+
+@dataclass(frozen=True)
 class KnownFinding:
     """A sanitizer report on a kernel that a controlled experiment has explained. A sweep shows it as *known*, not
     clean: it matches only if every problem kind of the launch contains ``kind`` and some device frame of it
@@ -43,20 +61,23 @@ class KnownFinding:
 
 @dataclass(frozen=True)
 class KernelSpec:
-    id: str                                   # record id, e.g. "v12_baseline"
-    source: str                               # file name under kernels/
+    id: str                                   # record id, e.g. "v12_baseline" (never changes)
+    source: str                               # path under kernels/, e.g. "v12/v12_baseline.cu"
     entry: str                                # extern "C" entry point
     threads: int                              # threads per block
     grid: Callable[[LaunchShape], Grid]       # grid from the shape
-    smem_bytes: Callable[[LaunchShape], int] = lambda s: 0   # dynamic shared memory
-    defines: Tuple[Tuple[str, str], ...] = ()  # extra -D NAME=VALUE
+    defines: Tuple[Tuple[str, str], ...] = ()  # build modes (-D NAME=VALUE), e.g. WATCHDOG; never a variant
     parent: Optional[str] = None              # the kernel this one changes one idea of
     chapter: str = ""                         # notebook stem, e.g. "01_v12_baseline"
     cross: bool = False                       # True if seq_q != seq_kv is supported
     max_seq: int = 1 << 30                    # longest sequence the kernel handles
     predicted_us: Optional[float] = None      # prediction at the mission shape (ladder steps)
     idea: str = ""                            # one line: what changed from the parent
-    extra_args: Optional[Callable] = None     # (LaunchShape, array_module) -> tuple of extra kernel args
+    split: Optional[Callable[[LaunchShape], bool]] = None   # split-KV decision: the kernel takes it as `int split`
+    #                                           right after softmax_scale; the grid function and the shared-memory
+    #                                           entry (kernel's <entry>_smem_bytes[split]) follow the same call
+    extra_args: Optional[Callable[[LaunchShape, LaunchTensors], tuple]] = None   # kernel args after those
+    arch_suffix: str = ""                     # "a": build for the arch-specific target (sm_90a: wgmma, setmaxnreg)
     expect_failure: bool = False              # a kernel kept to show a failure (e.g. the missing barrier)
     known_findings: Tuple["KnownFinding", ...] = ()   # sanitizer reports explained elsewhere (never silently clean)
     tags: Tuple[str, ...] = field(default_factory=tuple)
@@ -65,12 +86,40 @@ class KernelSpec:
     def path(self) -> Path:
         return KERNELS_DIR / self.source
 
+    @property
+    def files(self) -> Tuple[Path, ...]:
+        """The source file and every local header it includes (transitively): what its build depends on."""
+        return source_files(self.path)
+
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
+
+
+def source_files(path: Path) -> Tuple[Path, ...]:
+    """``path`` and the local headers it includes, transitively, in first-seen order. A quoted include is looked up
+    next to the including file, then under kernels/ (the ``-I`` both compilers get); one found nowhere is skipped
+    (the compiler will say so)."""
+    seen: dict = {}
+    todo = [Path(path).resolve()]
+    while todo:
+        f = todo.pop(0)
+        if f in seen or not f.is_file():
+            continue
+        seen[f] = None
+        for name in _INCLUDE.findall(f.read_text()):
+            for cand in (f.parent / name, KERNELS_DIR / name):
+                if cand.is_file():
+                    todo.append(cand.resolve())
+                    break
+    return tuple(seen)
+
 
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
 _REGISTRY: dict = {}
+_REGISTRY_LOCK = threading.Lock()
 
 
 def _collect() -> dict:
@@ -78,12 +127,17 @@ def _collect() -> dict:
         return _REGISTRY
     from . import specs
 
-    for mod in sorted(pkgutil.iter_modules(specs.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{specs.__name__}.{mod.name}")
-        for spec in getattr(module, "SPECS", []):
-            if spec.id in _REGISTRY:
-                raise ValueError(f"kernel id {spec.id!r} is declared twice (second time in {module.__name__})")
-            _REGISTRY[spec.id] = spec
+    with _REGISTRY_LOCK:           # threads may ask at once (a pool of compiles): build the registry once
+        if _REGISTRY:
+            return _REGISTRY
+        found: dict = {}
+        for mod in sorted(pkgutil.iter_modules(specs.__path__), key=lambda m: m.name):
+            module = importlib.import_module(f"{specs.__name__}.{mod.name}")
+            for spec in getattr(module, "SPECS", []):
+                if spec.id in found:
+                    raise ValueError(f"kernel id {spec.id!r} is declared twice (second time in {module.__name__})")
+                found[spec.id] = spec
+        _REGISTRY.update(found)
     return _REGISTRY
 
 
@@ -106,3 +160,37 @@ def get(kernel_id: str) -> KernelSpec:
 def all_specs(chapter: Optional[str] = None) -> list:
     reg = _collect()
     return [s for s in reg.values() if chapter is None or s.chapter == chapter]
+
+
+def tree() -> str:
+    """The kernel ladders as trees, drawn from the specs' ``parent`` fields: one line per kernel with its one-line
+    idea, children under their parent (a step that branches shows as two children, a dead end as a leaf; children of
+    the parent's own chapter first). An id that is a build mode of its parent (the same file, other ``-D``) is named on
+    its parent's line. Controls (no parent, tag "control") come last. kernels/README.md shows this text (a test keeps
+    the two equal)."""
+    reg = _collect()
+    modes: dict = {}
+    children: dict = {}
+    roots = []
+    for spec in reg.values():
+        parent = reg.get(spec.parent) if spec.parent else None
+        if parent is not None and parent.source == spec.source:
+            modes.setdefault(parent.id, []).append(spec)
+        elif parent is not None:
+            children.setdefault(parent.id, []).append(spec)
+        else:
+            roots.append(spec)
+    lines: list = []
+
+    def add(spec: KernelSpec, prefix: str, tail: str) -> None:
+        built = "".join(f" [+ {m.id}: " + " ".join(f"-D{k}" for k, _ in m.defines) + "]"
+                        for m in modes.get(spec.id, []))
+        lines.append(f"{prefix}{tail}{spec.id}{built} — {spec.idea}")
+        kids = sorted(children.get(spec.id, []), key=lambda k: k.chapter != spec.chapter)
+        below = prefix + ("" if not tail else ("    " if tail.startswith("└") else "│   "))
+        for i, kid in enumerate(kids):
+            add(kid, below, "└── " if i == len(kids) - 1 else "├── ")
+
+    for root in sorted(roots, key=is_control):
+        add(root, "", "")
+    return "\n".join(lines)

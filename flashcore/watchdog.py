@@ -1,6 +1,6 @@
 """The GPU watchdog's host side: allocate the diagnosis buffer, launch safely, decode what stuck threads wrote.
 
-A kernel built with ``-DWATCHDOG`` (``kernels/v11_*.cu``) bounds every wait that can block with a budget of
+A kernel built with ``-DWATCHDOG`` (``kernels/v11/v11_*.cu``) bounds every wait that can block with a budget of
 ``clock64`` cycles. On timeout each stuck warp writes one record (CTA, warp, lane, role, wait site, stage, phase,
 key tile, loop iteration, the arrivals counted on that barrier, the expected count, the raw mbarrier word) into a
 small device buffer and returns. :func:`decode` turns the buffer into readable rows; :func:`diagnose` summarises them
@@ -60,12 +60,13 @@ def allocate(num_ctas: int, xp):
     return buf
 
 
-def extra_args(shape, xp, cycles: Optional[int] = None) -> tuple:
-    """The spec's ``extra_args``: (buffer, budget). The buffer is kept in ``LAST`` so the caller can decode it."""
+def extra_args(shape, tensors, cycles: Optional[int] = None) -> tuple:
+    """The spec's ``extra_args(shape, tensors)``: (buffer, budget), the buffer allocated with ``tensors.xp`` (a
+    :class:`flashcore.kernels.LaunchTensors`; CuPy on the GPU, numpy in tests) and kept in ``LAST`` for decode."""
     import numpy as np
 
     ctas = max(int(shape.num_sms), 1)
-    buf = allocate(ctas, xp)
+    buf = allocate(ctas, tensors.xp)
     LAST["buffer"] = buf
     return buf, np.int64(cycles if cycles is not None else _BUDGET["cycles"])
 
@@ -163,7 +164,7 @@ def launch_guarded(kernel_id: str, B: int, H: int, S: int, D: int = 64, cycles: 
     import torch
 
     from . import kernels
-    from .check import make_inputs
+    from .harness.check import make_inputs
     from .compile import load_kernel
 
     spec = kernels.get(kernel_id)

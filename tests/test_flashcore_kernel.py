@@ -1,7 +1,8 @@
 """CPU checks of the mma.sync ladder steps (v8_05+) and the library kernel `flashcore`: they compile with nvcc for
 sm_90 without spills or stack, their SASS shows the ideas (HMMA from mma.sync, LDSM from ldmatrix, LDGSTS from
-cp.async, no local memory), and their launch geometry covers any shape."""
-import shutil
+cp.async, no local memory), their launch geometry covers any shape, and the split-KV decision, the grid and the
+kernel's own constants agree (the kernel traps on a launch where they would not)."""
+import re
 
 import pytest
 
@@ -28,7 +29,8 @@ def test_flashcore_is_registered_and_cross():
     spec = kernels.get("flashcore")
     assert spec.cross and spec.max_seq >= 16384
     assert spec.chapter == "03_v8_optimization"
-    assert spec.source in {s.source for s in v8_mma.SPECS if s.id != "flashcore"}
+    assert (spec.source, spec.entry, spec.parent) == ("flashcore.cu", "flashcore", "v8_07_dsmem_push")
+    assert not spec.defines and spec.split is v8_mma.FLASHCORE_SPLIT
 
 
 def test_ladder_steps_have_predictions_and_parents():
@@ -39,6 +41,14 @@ def test_ladder_steps_have_predictions_and_parents():
         assert "Predicted" in text and "ncu metric" in text, spec.source
 
 
+def _kernel_constants(spec):
+    """(CLUSTER, BLOCK_M) as the kernel file defines them."""
+    text = spec.path.read_text()
+    cluster = re.search(r"#define CLUSTER (\d+)", text)
+    mt = int(re.search(r"#define MT (\d+)", text).group(1))
+    return (int(cluster.group(1)) if cluster else None), 64 * mt
+
+
 @pytest.mark.parametrize("kid", IDS)
 @pytest.mark.parametrize("shape", [(1, 1, 1), (8, 512, 512), (6, 77, 77), (64, 4096, 4096), (8, 512, 1000),
                                    (1, 16384, 16384), (3, 5, 70000)])
@@ -46,16 +56,19 @@ def test_grid_covers_every_query_row(kid, shape):
     spec = kernels.get(kid)
     s = LaunchShape(*shape)
     grid = spec.grid(s)
-    block_m = v8_mma.BLOCK_M2 if spec.source.startswith(("v8_09", "v8_10")) else v8_mma.BLOCK_M
+    cluster, block_m = _kernel_constants(spec)
     tiles = s.bh * cdiv(s.seq_q, block_m)
     assert grid[1] == grid[2] == 1
     assert grid[0] >= tiles
     if "cluster" in spec.tags:
-        cluster = int(dict(spec.defines).get("CLUSTER", v8_mma.CLUSTER))
-        assert grid[0] % cluster == 0
-        # the kernel's own split test (gridDim.x == CLUSTER·tiles) must agree with the grid function's decision
-        assert (grid[0] == cluster * tiles) == v8_mma.split_kv(s, cluster, v8_mma.SPLIT_FILL, block_m)
-    assert spec.smem_bytes(s) <= 227 * 1024
+        # the launcher's split decision, its grid and the kernel's constants agree: the kernel traps unless
+        # gridDim.x == (split ? CLUSTER·tiles : tiles rounded up to whole clusters)
+        assert (spec.split.cluster, spec.split.block_m) == (cluster, block_m), kid
+        split = spec.split(s)
+        assert split == v8_mma.split_kv(s, cluster, v8_mma.SPLIT_FILL, block_m)
+        assert grid[0] == (cluster * tiles if split else cdiv(tiles, cluster) * cluster)
+    else:
+        assert spec.split is None
 
 
 @needs_nvcc
@@ -70,7 +83,7 @@ def test_compiles_without_spills(kid):
 @needs_nvcc
 @pytest.mark.parametrize("kid", IDS)
 def test_sass_evidence(kid):
-    from flashcore import sass
+    from flashcore.tools import sass
     try:
         ev = sass.evidence(kernels.get(kid))
     except (FileNotFoundError, RuntimeError) as exc:  # no cuobjdump on this machine

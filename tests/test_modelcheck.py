@@ -119,9 +119,10 @@ def test_producer_acquire_phase_is_the_previous_one():
 
 
 def test_extra_args_budget():
-    from flashcore.kernels import LaunchShape
+    from flashcore.kernels import LaunchShape, LaunchTensors
 
-    buf, cycles = wd.extra_args(LaunchShape(8, 512, 512, num_sms=3), np, cycles=5000)
+    buf, cycles = wd.extra_args(LaunchShape(8, 512, 512, num_sms=3), LaunchTensors(None, None, None, None, np),
+                                cycles=5000)
     assert len(buf) == wd.buffer_ints(3) and int(cycles) == 5000 and wd.LAST["buffer"] is buf
     with pytest.raises(ValueError):
         wd.set_budget(10)
@@ -134,19 +135,36 @@ def test_v11_roles_fix_is_deadlock_free_and_never_over_arrives(query_tiles):
     assert not r.deadlock and r.over_arrival is None and not r.truncated
 
 
-def test_v11_variants_share_one_body():
-    """The as-designed kernel and its three fixes differ only in their header (which sets V11_FIXED): below the
-    marker line every file is v11_pipeline.cu's body (scripts/gen_variants.py writes them)."""
-    from flashcore.paths import KERNELS_DIR
+def test_v11_fixes_are_files_that_differ_from_the_pipeline_in_one_idea():
+    """v11_pipeline.cu is the deadlocking kernel only (no fix behind a switch); each fix is its own file over
+    kernels/v11/v11_tile.cuh whose one idea is in the lines that differ from its parent."""
+    import difflib
 
-    marker = "// ---- v11 body:"
-    base = (KERNELS_DIR / "v11_pipeline.cu").read_text()
-    body = base[base.index(marker):]
-    for name, fixed in (("v11_fixed", "1"), ("v11_fixed_roles", "2"), ("v11_fixed_mbarrier", "3")):
-        text = (KERNELS_DIR / f"{name}.cu").read_text()
-        header = text[:text.index(marker)]
-        assert text[text.index(marker):] == body, f"{name}: body differs; run scripts/gen_variants.py"
-        assert f"#define V11_FIXED {fixed}" in header and f"#define V11_ENTRY {name}" in header
+    from flashcore import kernels
+
+    def code(spec):
+        return [l.strip() for l in spec.path.read_text().splitlines() if l.strip() and not l.startswith("//")]
+
+    def changed(parent, spec):
+        return "\n".join(l[1:] for l in difflib.unified_diff(code(parent), code(spec), lineterm="", n=0)
+                         if l[:1] in "+-" and l[:3] not in ("+++", "---"))
+
+    pipeline = kernels.get("v11_pipeline")
+    text = pipeline.path.read_text()
+    assert pipeline.source == "v11/v11_pipeline.cu" and "#if" not in text and "V11_FIXED" not in text
+    assert "cuda::make_pipeline(block, &pipe_state);" in text and "#define LOAD_KV_TILE" not in text
+    for kid in ("v11_fixed", "v11_fixed_roles", "v11_fixed_mbarrier"):
+        spec = kernels.get(kid)
+        assert spec.source == f"v11/{kid}.cu" and spec.entry == kid, kid
+        assert '#include "v11/v11_tile.cuh"' in spec.path.read_text() and "V11_FIXED" not in spec.path.read_text()
+    # the one idea of each, as the lines that differ from the parent
+    fixed = changed(pipeline, kernels.get("v11_fixed"))
+    assert "#define LOAD_KV_TILE" in fixed and "PRODUCER_ACQUIRE();" in fixed   # every thread acquires and commits
+    roles = changed(pipeline, kernels.get("v11_fixed_roles"))
+    assert "make_pipeline(block, &pipe_state, prole)" in roles and "role != ROLE_LOAD" in roles
+    assert "LOAD_KV_TILE" not in roles
+    raw = changed(kernels.get("v11_fixed_roles"), kernels.get("v11_fixed_mbarrier"))
+    assert "struct RawPipe" in raw and "cp_async_mbar_arrive_noinc" in raw and "make_pipeline" in raw
 
 
 # ------------------------------------------------------------------------------ Hopper: mbarriers with tx bytes, TMA

@@ -1,21 +1,15 @@
 """Chapter 1 — v12, the correct baseline, its failed shortcut, and the ablation ladder that measures where its time goes.
 
-Every kernel here shares one body (kernels/v12_baseline.cu below its marker line); switches pick the fixes.
-The ladder is cumulative: v12 → 1 grid → 2 vec → 3 softmax → 4 prefetch, each step one more fix, so the steps'
-time deltas add up to v12's time minus the last step's. ``v12_only_*`` apply fixes to v12 with its persistent
-schedule kept (the same source, switches as -D defines): alone, and as a second ladder in the other order
-(softmax → vec → grid → prefetch), to show how much a ladder's order decides the shares.
+One file per kernel in kernels/v12/, each a body over the tile operations of kernels/v12/v12_tile.cuh, so a step's
+diff against its parent swaps one call. The ladder is cumulative: v12 → 1 grid → 2 vec → 3 softmax → 4 prefetch,
+each step one more fix, so the steps' time deltas add up to v12's time minus the last step's. ``v12_only_*`` apply
+fixes to v12 with its persistent schedule kept: alone, and as a second ladder in the other order (softmax → vec →
+grid → prefetch), to show how much a ladder's order decides the shares.
 """
 from ..kernels import KernelSpec, LaunchShape, cdiv
 
 CHAPTER = "01_v12_baseline"
-BM, BN, D = 32, 48, 64
-LDH, LDS, LDO = D + 8, BN + 16, D
-
-
-def smem_bytes(kv_stages: int = 1) -> int:
-    """Q + K/V stages + fp32 scores + fp16 probs + fp32 accumulator + m + l (bytes), as laid out in the kernel."""
-    return (BM * LDH * 2 + 2 * kv_stages * BN * LDH * 2 + BM * LDS * 4 + BM * LDS * 2 + BM * LDO * 4 + 2 * BM * 4)
+BM, BN, D = 32, 48, 64       # the kernels' tile (kernels/v12/v12_tile.cuh): query rows, keys, head dim
 
 
 def persistent_grid(s: LaunchShape):
@@ -28,34 +22,32 @@ def tile_grid(s: LaunchShape):
     return (cdiv(s.seq_q, BM), s.bh, 1)
 
 
-def _spec(id_, source, grid, idea, parent, stages=1, **kw):
-    return KernelSpec(id=id_, source=source, entry=kw.pop("entry", id_), threads=512, grid=grid,
-                      smem_bytes=lambda s, _n=stages: smem_bytes(_n), parent=parent, chapter=CHAPTER, cross=False,
-                      idea=idea, tags=kw.pop("tags", ("v12",)), **kw)
+def _spec(id_, grid, idea, parent, **kw):
+    return KernelSpec(id=id_, source=f"v12/{id_}.cu", entry=id_, threads=512, grid=grid, parent=parent,
+                      chapter=CHAPTER, cross=False, idea=idea, tags=kw.pop("tags", ("v12",)), **kw)
 
 
 SPECS = [
-    _spec("v12_baseline", "v12_baseline.cu", persistent_grid, parent=None,
+    _spec("v12_baseline", persistent_grid, parent=None,
           idea="the original's correct baseline: 32×48 tiles, 16 warps with roles, one softmax warp, scalar loads, "
                "smem accumulator, 4 barriers per key tile, persistent CTAs over heads"),
-    _spec("v12_no_4th_barrier", "v12_no_4th_barrier.cu", persistent_grid, parent="v12_baseline",
+    _spec("v12_no_4th_barrier", persistent_grid, parent="v12_baseline",
           idea="the original's shortcut: drop the 4th barrier per key tile (a race on V and the accumulator)",
           expect_failure=True, tags=("v12", "failure")),
-    _spec("v12_abl_1_grid", "v12_abl_1_grid.cu", tile_grid, parent="v12_baseline",
+    _spec("v12_abl_1_grid", tile_grid, parent="v12_baseline",
           idea="grid over (query tile, head) instead of persistent per-head CTAs", tags=("v12", "ladder")),
-    _spec("v12_abl_2_vec", "v12_abl_2_vec.cu", tile_grid, parent="v12_abl_1_grid",
+    _spec("v12_abl_2_vec", tile_grid, parent="v12_abl_1_grid",
           idea="+ 16-byte uint4 global loads and stores instead of scalar 2-byte copies", tags=("v12", "ladder")),
-    _spec("v12_abl_3_softmax", "v12_abl_3_softmax.cu", tile_grid, parent="v12_abl_2_vec",
+    _spec("v12_abl_3_softmax", tile_grid, parent="v12_abl_2_vec",
           idea="+ softmax by all 16 warps (2 rows each, shuffles) instead of one serial warp", tags=("v12", "ladder")),
-    _spec("v12_abl_4_prefetch", "v12_abl_4_prefetch.cu", tile_grid, parent="v12_abl_3_softmax", stages=2,
+    _spec("v12_abl_4_prefetch", tile_grid, parent="v12_abl_3_softmax",
           idea="+ cp.async double-buffered K/V: tile i+1 loads while tile i computes", tags=("v12", "ladder")),
-    # one fix alone on top of v12 (same source as v12, one switch): how order-dependent the ladder's shares are
-    _spec("v12_only_vec", "v12_baseline.cu", persistent_grid, parent="v12_baseline", entry="v12_baseline",
-          defines=(("V12_VEC_LOADS", "1"),), idea="v12 + uint4 loads only", tags=("v12", "alone")),
-    _spec("v12_only_softmax", "v12_baseline.cu", persistent_grid, parent="v12_baseline", entry="v12_baseline",
-          defines=(("V12_PAR_SOFTMAX", "1"),), idea="v12 + all-warp softmax only", tags=("v12", "alone")),
-    _spec("v12_only_softmax_vec", "v12_baseline.cu", persistent_grid, parent="v12_only_softmax", entry="v12_baseline",
-          defines=(("V12_PAR_SOFTMAX", "1"), ("V12_VEC_LOADS", "1")),
+    # one fix alone on top of v12 (persistent schedule kept): how order-dependent the ladder's shares are
+    _spec("v12_only_vec", persistent_grid, parent="v12_baseline", idea="v12 + uint4 loads only",
+          tags=("v12", "alone")),
+    _spec("v12_only_softmax", persistent_grid, parent="v12_baseline", idea="v12 + all-warp softmax only",
+          tags=("v12", "alone")),
+    _spec("v12_only_softmax_vec", persistent_grid, parent="v12_only_softmax",
           idea="v12 + all-warp softmax + uint4 loads, persistent schedule kept", tags=("v12", "ladder_b")),
 ]
 

@@ -1,12 +1,24 @@
 """Chapter 3, the fast end of the v8 ladder: mma.sync + ldmatrix kernels (v8_05 …) and the library's `flashcore`.
 
 Grid functions see the shape and the device's SM count (``LaunchShape``). All of these kernels take any seq_q and
-seq_kv (tails masked on both) and any batch·heads.
+seq_kv (tails masked on both) and any batch·heads. One file per step in kernels/v8/, over the tile operations of
+kernels/v8/v8_mma_tile.cuh; the library kernel is kernels/flashcore.cu.
+
+Split-KV (v8_06 … and flashcore): :func:`split_kv` is the one place that decides whether a launch splits the keys
+over the CTAs of a cluster. A :class:`SplitKV` holds a kernel's cluster size and query-tile height and gives both
+the decision (the spec's ``split``: the launcher passes it to the kernel as ``int split`` and picks the kernel's
+shared-memory entry by it) and the grid that goes with it (the spec's ``grid``). The kernel traps on a launch whose
+grid does not match its ``split`` argument (or whose cluster size is not its CLUSTER).
 """
-from flashcore.kernels import KernelSpec, LaunchShape, cdiv
+from dataclasses import dataclass
+
+from flashcore.kernels import Grid, KernelSpec, LaunchShape, cdiv
 
 CHAPTER = "03_v8_optimization"
-BLOCK_M = 64
+BLOCK_M = 64         # query rows per CTA, v8_05 … v8_08 and flashcore (4 warps × one m16 tile)
+BLOCK_M2 = 128       # v8_09+: 4 warps × 2 m16 tiles
+CLUSTER = 4          # CTAs per cluster in v8_06 … v8_10 (the kernels' CLUSTER): split-KV partners at small shapes
+SPLIT_FILL = 4       # split the keys while the split grid is at most SPLIT_FILL × num_sms CTAs
 
 
 def _grid_flat(s: LaunchShape):
@@ -14,130 +26,85 @@ def _grid_flat(s: LaunchShape):
     return (s.bh * cdiv(s.seq_q, BLOCK_M), 1, 1)
 
 
-CLUSTER = 4          # CTAs per cluster in v8_06+ (split-KV partners at small shapes)
-SPLIT_FILL = 4       # split the keys while the split grid is at most SPLIT_FILL × num_sms CTAs
-
-
 def split_kv(s: LaunchShape, cluster: int = CLUSTER, fill: float = SPLIT_FILL, block_m: int = BLOCK_M) -> bool:
-    """v8_06+: split the keys over the `cluster` CTAs of a cluster when the unsplit grid cannot fill the GPU."""
+    """Split the keys over the `cluster` CTAs of a cluster when the unsplit grid cannot fill the GPU."""
     return s.bh * cdiv(s.seq_q, block_m) * cluster <= fill * s.num_sms
 
 
+@dataclass(frozen=True)
+class SplitKV:
+    """The split-KV launch of one cluster kernel: ``cluster`` must be the kernel's CLUSTER and ``block_m`` its BLOCK_M.
+
+    Calling it is the decision (:func:`split_kv`); :meth:`grid` is the grid that goes with the same decision.
+    """
+
+    cluster: int = CLUSTER
+    block_m: int = BLOCK_M
+    fill: float = SPLIT_FILL
+
+    def __call__(self, s: LaunchShape) -> bool:
+        return split_kv(s, self.cluster, self.fill, self.block_m)
+
+    def grid(self, s: LaunchShape) -> Grid:
+        """Split: `cluster` CTAs per query tile. Unsplit: one CTA per query tile, rounded up to whole clusters (the
+        extra CTAs exit at once)."""
+        tiles = s.bh * cdiv(s.seq_q, self.block_m)
+        if self(s):
+            return (tiles * self.cluster, 1, 1)
+        return (cdiv(tiles, self.cluster) * self.cluster, 1, 1)
+
+
 def grid_cluster(cluster: int = CLUSTER, fill: float = SPLIT_FILL, block_m: int = BLOCK_M):
-    """v8_06+: split → `cluster` CTAs per query tile (the kernel recognises this grid size); else one CTA per query
-    tile, rounded up to whole clusters (the extra CTAs exit at once). `cluster` must match the kernel's CLUSTER."""
-    def grid(s: LaunchShape):
-        tiles = s.bh * cdiv(s.seq_q, block_m)
-        if split_kv(s, cluster, fill, block_m):
-            return (tiles * cluster, 1, 1)
-        return (cdiv(tiles, cluster) * cluster, 1, 1)
-    return grid
+    """The grid function of :class:`SplitKV` (a spec needs the same object's decision as its ``split``)."""
+    return SplitKV(cluster, block_m, fill).grid
 
 
-_grid_cluster = grid_cluster()
+SPLIT = SplitKV()                       # v8_06 … v8_08: 4-CTA clusters, 64-row query tiles
+SPLIT_M2 = SplitKV(block_m=BLOCK_M2)    # v8_09, v8_10: 4-CTA clusters, 128-row query tiles
+
+
+def _spec(id, predicted_us, idea, tags, split=None, **kw):
+    return KernelSpec(id=id, source=f"v8/{id}.cu", entry=id, threads=128,
+                      grid=split.grid if split is not None else _grid_flat, split=split, chapter=CHAPTER, cross=True,
+                      predicted_us=predicted_us, idea=idea, tags=tags, **kw)
 
 
 SPECS = [
-    KernelSpec(
-        id="v8_05_mma_registers", source="v8_05_mma_registers.cu", entry="v8_05_mma_registers", threads=128,
-        grid=_grid_flat, parent="v8_04_grid_132sm", chapter=CHAPTER, cross=True, max_seq=1 << 30,
-        predicted_us=7.0,
-        idea="mma.sync m16n8k16 + ldmatrix: S, P and O in registers (FA2 warp layout), swizzled cp.async ring",
-        tags=("mma", "ldmatrix", "cp.async", "swizzle"),
-    ),
+    _spec("v8_05_mma_registers", 7.0,
+          "mma.sync m16n8k16 + ldmatrix: S, P and O in registers (FA2 warp layout), swizzled cp.async ring",
+          ("mma", "ldmatrix", "cp.async", "swizzle"), parent="v8_04_grid_132sm", max_seq=1 << 30),
+    _spec("v8_06_cluster_splitkv", 4.5,
+          "small problems: split the keys over a 4-CTA cluster, combine the partials through DSMEM (256 CTAs)",
+          ("mma", "cluster", "dsmem", "split-kv"), SPLIT, parent="v8_05_mma_registers"),
+    _spec("v8_07_dsmem_push", 5.5,
+          "split-KV combine: push partials into the owner CTA (st.shared::cluster), one cluster barrier",
+          ("mma", "cluster", "dsmem", "split-kv"), SPLIT, parent="v8_06_cluster_splitkv"),
+    _spec("v8_08_kv_wait_split", 5.0,
+          "K and V in separate cp.async groups: Q·Kᵀ and softmax overlap the V tile's arrival",
+          ("mma", "cluster", "dsmem", "split-kv", "pipeline"), SPLIT, parent="v8_07_dsmem_push"),
+    _spec("v8_09_two_mtiles", 5.5,
+          "two m16 tiles (32 query rows) per warp: each K/V ldmatrix feeds 4 mma; two independent chains",
+          ("mma", "cluster", "dsmem", "split-kv", "ilp"), SPLIT_M2, parent="v8_07_dsmem_push"),
+    _spec("v8_10_mbarrier_combine", 4.8,
+          "combine by st.async + mbarrier transaction count: no release fence (MEMBAR.ALL.GPU) in the cluster barrier",
+          ("mma", "cluster", "dsmem", "split-kv", "ilp", "mbarrier"), SPLIT_M2, parent="v8_09_two_mtiles"),
 ]
 
 
-def smem_ring(stages: int, block_m: int = BLOCK_M):
-    """Q tile (block_m × 64 fp16) + `stages` × (K tile + V tile) of 64 × 64 fp16."""
-    return lambda s: block_m * 128 + stages * 2 * 64 * 128
-
-
-SPECS += [
-    KernelSpec(
-        id="v8_06_cluster_splitkv", source="v8_06_cluster_splitkv.cu", entry="v8_06_cluster_splitkv", threads=128,
-        grid=_grid_cluster, smem_bytes=smem_ring(2), parent="v8_05_mma_registers", chapter=CHAPTER, cross=True,
-        predicted_us=4.5,
-        idea="small problems: split the keys over a 4-CTA cluster, combine the partials through DSMEM (256 CTAs)",
-        tags=("mma", "cluster", "dsmem", "split-kv"),
-    ),
-]
-
-
-def landing_bytes(block_m: int = BLOCK_M) -> int:
-    """v8_07+: fp32 partial rows [block_m][72] of the cluster + row max and row sum [block_m]."""
-    return block_m * 72 * 4 + 2 * block_m * 4
-
-
-def smem_ring_landing(stages: int, cluster: int = CLUSTER, fill: float = SPLIT_FILL, block_m: int = BLOCK_M):
-    """v8_07+: the ring, plus the landing buffer for the cluster's partials when the keys are split."""
-    ring = smem_ring(stages, block_m)
-    return lambda s: ring(s) + (landing_bytes(block_m) if split_kv(s, cluster, fill, block_m) else 0)
-
+# The library's kernel (kernels/flashcore.cu): the ladder step that is fastest at the mission shape (v8_07: 64-row
+# query tiles, split-KV combined by DSMEM pushes) with the cluster size and ring depth the variant sweep of
+# scripts/v8_mma_sweep.py chose there (2-CTA clusters, 3-stage cp.async ring). Dispatching by shape to v8_09/v8_10 (two
+# m-tiles per warp) was the candidate next step; scripts/v8_crossover.py measures it (12 shapes, H100): the two-m-tile
+# kernels won only at the two largest shapes, by a few percent, and lost everywhere else, so the library keeps this one
+# kernel.
+FLASHCORE_CLUSTER = 2        # the kernel's CLUSTER
+FLASHCORE_STAGES = 3         # the kernel's STAGES (for the record: the Python side launches nothing by it)
+FLASHCORE_SPLIT = SplitKV(cluster=FLASHCORE_CLUSTER)
 
 SPECS += [
     KernelSpec(
-        id="v8_07_dsmem_push", source="v8_07_dsmem_push.cu", entry="v8_07_dsmem_push", threads=128,
-        grid=_grid_cluster, smem_bytes=smem_ring_landing(2), parent="v8_06_cluster_splitkv", chapter=CHAPTER,
-        cross=True, predicted_us=5.5,
-        idea="split-KV combine: push partials into the owner CTA (st.shared::cluster), one cluster barrier",
-        tags=("mma", "cluster", "dsmem", "split-kv"),
-    ),
-]
-
-SPECS += [
-    KernelSpec(
-        id="v8_08_kv_wait_split", source="v8_08_kv_wait_split.cu", entry="v8_08_kv_wait_split", threads=128,
-        grid=_grid_cluster, smem_bytes=smem_ring_landing(2), parent="v8_07_dsmem_push", chapter=CHAPTER,
-        cross=True, predicted_us=5.0,
-        idea="K and V in separate cp.async groups: Q·Kᵀ and softmax overlap the V tile's arrival",
-        tags=("mma", "cluster", "dsmem", "split-kv", "pipeline"),
-    ),
-]
-
-BLOCK_M2 = 128   # v8_09+: 4 warps × 2 m16 tiles
-
-SPECS += [
-    KernelSpec(
-        id="v8_09_two_mtiles", source="v8_09_two_mtiles.cu", entry="v8_09_two_mtiles", threads=128,
-        grid=grid_cluster(block_m=BLOCK_M2), smem_bytes=smem_ring_landing(2, block_m=BLOCK_M2),
-        parent="v8_07_dsmem_push", chapter=CHAPTER, cross=True, predicted_us=5.5,
-        idea="two m16 tiles (32 query rows) per warp: each K/V ldmatrix feeds 4 mma; two independent chains",
-        tags=("mma", "cluster", "dsmem", "split-kv", "ilp"),
-    ),
-]
-
-def smem_ring_landing_mbar(stages: int, cluster: int = CLUSTER, fill: float = SPLIT_FILL, block_m: int = BLOCK_M2):
-    """v8_10: v8_09's layout plus the landing buffer's 8-byte mbarrier (16 reserved) when the keys are split."""
-    base = smem_ring_landing(stages, cluster, fill, block_m)
-    return lambda s: base(s) + (16 if split_kv(s, cluster, fill, block_m) else 0)
-
-
-SPECS += [
-    KernelSpec(
-        id="v8_10_mbarrier_combine", source="v8_10_mbarrier_combine.cu", entry="v8_10_mbarrier_combine",
-        threads=128, grid=grid_cluster(block_m=BLOCK_M2), smem_bytes=smem_ring_landing_mbar(2),
-        parent="v8_09_two_mtiles", chapter=CHAPTER, cross=True, predicted_us=4.8,
-        idea="combine by st.async + mbarrier transaction count: no release fence (MEMBAR.ALL.GPU) in the cluster barrier",
-        tags=("mma", "cluster", "dsmem", "split-kv", "ilp", "mbarrier"),
-    ),
-]
-
-
-# The library's kernel: the ladder step that is fastest at the mission shape (v8_07: 64-row query tiles, split-KV
-# combined by DSMEM pushes) with the cluster size and ring depth the variant sweep of scripts/v8_mma_sweep.py chose
-# there (2-CTA clusters, 3-stage cp.async ring). Dispatching by shape to v8_09/v8_10 (two m-tiles per warp) was the
-# candidate next step; scripts/v8_crossover.py measures it (12 shapes, H100): the two-m-tile kernels won only at the
-# two largest shapes, by a few percent, and lost everywhere else, so the library keeps this one kernel.
-FLASHCORE_CLUSTER = 2
-FLASHCORE_STAGES = 3
-
-SPECS += [
-    KernelSpec(
-        id="flashcore", source="v8_07_dsmem_push.cu", entry="v8_07_dsmem_push", threads=128,
-        grid=grid_cluster(FLASHCORE_CLUSTER),
-        smem_bytes=smem_ring_landing(FLASHCORE_STAGES, FLASHCORE_CLUSTER),
-        defines=(("CLUSTER", str(FLASHCORE_CLUSTER)), ("STAGES", str(FLASHCORE_STAGES))),
+        id="flashcore", source="flashcore.cu", entry="flashcore", threads=128,
+        grid=FLASHCORE_SPLIT.grid, split=FLASHCORE_SPLIT,
         parent="v8_07_dsmem_push", chapter=CHAPTER, cross=True, max_seq=1 << 30, predicted_us=5.5,
         idea="v8_07 with 2-CTA clusters and a 3-stage cp.async ring (the sweep's best at the mission shape)",
         tags=("mma", "cluster", "dsmem", "split-kv", "library"),

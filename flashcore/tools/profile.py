@@ -132,7 +132,7 @@ def ncu_profile(out_rep: Path, kernels: Sequence[str] = (), shapes: str = "1,8,5
     if empty:
         cmd.append("--empty")
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0 or not out_rep.exists():
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])

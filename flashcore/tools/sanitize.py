@@ -97,7 +97,7 @@ def run_sanitizer(tool: str, kernels: Sequence[str], shapes: str, timeout: int =
     if tool == "racecheck":
         cmd[3:3] = ["--racecheck-report", "all"]
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         log, code, timed_out = proc.stdout + proc.stderr, proc.returncode, False

@@ -11,119 +11,62 @@
 //   workspace, no atomics, one kernel. Large problems (B4 H16 S4096) keep v8_05's one-CTA-per-tile schedule (the
 //   grid is rounded up to whole clusters; the extra CTAs exit).
 // Mission shape: 256 CTAs of 128 threads (≈2 per SM), each 2 key tiles instead of 8.
+// Split or not is the launcher's decision (flashcore/specs/v8_mma.py: SplitKV, the same object that gives the grid),
+//   passed as the argument `int split`; check_split_launch traps on a launch whose grid disagrees with it. (Until
+//   issue 13 the kernels inferred it from gridDim.x; v8_07 … v8_10 and flashcore take it the same way.)
 // Predicted: 4.5 µs at B1 H8 S512 D64 (H100, CUDA-graph replay).
 // ncu metric that should move: sm__throughput / "SM busy" across SMs (launch__grid_size 64 → 256,
 //   achieved occupancy up), duration down; stall_long_scoreboard share down (less serial latency per CTA).
-#include <cuda_fp16.h>
-
 #ifndef STAGES
 #define STAGES 2
 #endif
-
-#define HEAD_DIM 64
-#define BLOCK_M 64   // query rows per CTA (16 per warp)
-#define BLOCK_N 64   // keys per tile
-#define NWARPS 4
-#define ROW_BYTES 128  // 64 fp16
 #ifndef CLUSTER
-#define CLUSTER 4      // CTAs per cluster = key splits at small shapes (must match flashcore/specs/v8_mma.py)
+#define CLUSTER 4      // CTAs per cluster = key splits at small shapes (flashcore/specs/v8_mma.py: SplitKV)
 #endif
-#define OP_STRIDE 72   // floats per row of the fp32 partial O (64 + 8 pad: conflict-free float2 stores)
+#define MT 1           // m16 tiles (16 query rows each) per warp
+#define BLOCK_M 64     // query rows per CTA (16 per warp)
 
-// ---------------------------------------------------------------------------------------------- PTX helpers
-__device__ __forceinline__ unsigned smem_u32(const void* p) {
-    return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
-// byte offset of (row, 16-byte chunk) in a swizzled [rows][64] fp16 tile
-__device__ __forceinline__ unsigned swz(int row, int chunk) {
-    return row * ROW_BYTES + ((chunk ^ (row & 7)) << 4);
-}
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+#include "v8/v8_mma_tile.cuh"
 
-__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], unsigned addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
-}
-// D = A(16×16, row) · B(16×8, col) + D, fp16 in, fp32 accumulate
-__device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-// distributed shared memory (sm_90 clusters)
-__device__ __forceinline__ unsigned cluster_ctarank() {
-    unsigned r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ void cluster_sync_all() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ unsigned dsmem_addr(unsigned local_addr, unsigned rank) {
-    unsigned r;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(local_addr), "r"(rank));
-    return r;
-}
-__device__ __forceinline__ float4 ld_dsmem_f4(unsigned addr) {
-    float4 v;
-    asm volatile("ld.shared::cluster.v4.f32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr) : "memory");
-    return v;
-}
-__device__ __forceinline__ float ld_dsmem_f(unsigned addr) {
-    float v;
-    asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(addr) : "memory");
-    return v;
-}
-__device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
-    __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<unsigned*>(&h);
-}
+// dynamic shared memory: Q tile, then STAGES × (K tile, V tile); after the loop the K/V ring holds the fp32 partial
+// O [64][OP_STRIDE], the row maxima [64] and the row sums [64] (split mode): no extra bytes for the split
+constexpr int SMEM_BYTES = ring_bytes(BLOCK_M, STAGES);
+static_assert(landing_bytes(BLOCK_M) <= STAGES * 2 * BLOCK_N * ROW_BYTES, "the partials must fit in the K/V ring");
+static_assert(SMEM_BYTES <= SMEM_LIMIT, "v8_06_cluster_splitkv: too much shared memory for one CTA");
+extern "C" __device__ int v8_06_cluster_splitkv_smem_bytes[2] = {SMEM_BYTES, SMEM_BYTES};
 
-// ---------------------------------------------------------------------------------------------- tile loads
-// 64 rows × 8 chunks of 16 bytes, 128 threads → 4 cp.async each; rows ≥ n_rows are zero-filled.
-__device__ __forceinline__ void load_tile_async(unsigned smem, const __half* g, int row0, int n_rows, int tid) {
+// Split mode, after the key loop: this CTA's partial (unnormalised O, row max, row sum) stays in its own K/V ring.
+__device__ __forceinline__ void park_partials(const float (&acc_o)[MT][8][4], const float (&m_row)[MT][2],
+                                              const float (&l_row)[MT][2], unsigned char* sKV, int warp, int g,
+                                              int t) {
+    __syncthreads();  // every warp is done reading the ring
+    float* part_o = reinterpret_cast<float*>(sKV);
+    float* part_m = part_o + BLOCK_M * OP_STRIDE;
+    float* part_l = part_m + BLOCK_M;
+    const int r0 = warp * 16 + g;
 #pragma unroll
-    for (int i = 0; i < (64 * 8) / (NWARPS * 32); ++i) {
-        int idx = tid + i * NWARPS * 32;
-        int row = idx >> 3, chunk = idx & 7;
-        bool ok = row0 + row < n_rows;
-        const __half* src = ok ? g + (size_t)(row0 + row) * HEAD_DIM + chunk * 8 : g;
-        cp_async16(smem + swz(row, chunk), src, ok ? 16 : 0);
+    for (int dt = 0; dt < 8; ++dt) {
+        *reinterpret_cast<float2*>(part_o + r0 * OP_STRIDE + dt * 8 + 2 * t) = make_float2(acc_o[0][dt][0], acc_o[0][dt][1]);
+        *reinterpret_cast<float2*>(part_o + (r0 + 8) * OP_STRIDE + dt * 8 + 2 * t) =
+            make_float2(acc_o[0][dt][2], acc_o[0][dt][3]);
+    }
+    if (t == 0) {
+        part_m[r0] = m_row[0][0];
+        part_m[r0 + 8] = m_row[0][1];
+        part_l[r0] = l_row[0][0];
+        part_l[r0 + 8] = l_row[0][1];
     }
 }
-
-// ---------------------------------------------------------------------------------------------- the kernel
 extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1) __launch_bounds__(NWARPS * 32)
 v8_06_cluster_splitkv(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
-                    __half* __restrict__ o, int bh, int seq_q, int seq_kv, float softmax_scale) {
-    // dynamic shared memory: Q tile, then STAGES × (K tile, V tile); after the loop the K/V ring holds the
-    // fp32 partial O [64][OP_STRIDE], the row maxima [64] and the row sums [64] (split mode)
+                      __half* __restrict__ o, int bh, int seq_q, int seq_kv, float softmax_scale,
+                      int split) {
     extern __shared__ __align__(128) unsigned char smem[];
     unsigned char* sQ = smem;
     unsigned char* sKV = smem + BLOCK_M * ROW_BYTES;
-#define SK(st) (sKV + (st) * 2 * BLOCK_N * ROW_BYTES)
-#define SV(st) (sKV + ((st) * 2 + 1) * BLOCK_N * ROW_BYTES)
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int n_qblocks = (seq_q + BLOCK_M - 1) / BLOCK_M;
-    // split mode iff the grid has CLUSTER CTAs per query tile (see split_kv() in flashcore/specs/v8_mma.py)
-    const bool split = (int)gridDim.x == CLUSTER * bh * n_qblocks;
     const int tile = split ? (int)blockIdx.x / CLUSTER : (int)blockIdx.x;
     const int rank = split ? (int)cluster_ctarank() : 0;
     const int head = tile / n_qblocks, qb = tile % n_qblocks;
@@ -141,29 +84,23 @@ v8_06_cluster_splitkv(const __half* __restrict__ q, const __half* __restrict__ k
 
     const unsigned sq = smem_u32(sQ);
     // prologue: Q and the first STAGES-1 K/V tiles, one commit group each
-    load_tile_async(sq, qh, q0, seq_q, tid);
+    load_tile_async<BLOCK_M>(sq, qh, q0, seq_q, tid);
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < n_tiles) {
-            load_tile_async(smem_u32(SK(s)), kh, (t_begin + s) * BLOCK_N, seq_kv, tid);
-            load_tile_async(smem_u32(SV(s)), vh, (t_begin + s) * BLOCK_N, seq_kv, tid);
+            load_tile_async<BLOCK_N>(smem_u32(stage_k(sKV, s)), kh, (t_begin + s) * BLOCK_N, seq_kv, tid);
+            load_tile_async<BLOCK_N>(smem_u32(stage_v(sKV, s)), vh, (t_begin + s) * BLOCK_N, seq_kv, tid);
         }
         cp_async_commit();
     }
+    check_split_launch(split, bh, n_qblocks, SMEM_BYTES);   // split: the launcher's decision
 
-    // per-thread coordinates inside the m16n8 accumulator: rows g and g+8, columns 2t, 2t+1
-    const int g = lane >> 2, t = lane & 3;
+    const int g = lane >> 2, t = lane & 3;  // this thread's rows g, g+8 and columns 2t, 2t+1 in an m16n8 tile
     const float scale_log2 = softmax_scale * 1.4426950408889634f;
-    const float NEG_INF = __int_as_float(0xff800000);
-
-    unsigned qf[4][4];             // Q fragments: 4 k16 steps over the head dim
-    float acc_o[8][4];             // O: 8 n8 tiles over the head dim
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc_o[i][j] = 0.f;
-    float m_row[2] = {NEG_INF, NEG_INF};  // running max (already × scale·log2e) of rows g, g+8
-    float l_row[2] = {0.f, 0.f};          // this thread's part of the running sum
+    const int wrow = warp * 16 * MT;  // this warp's first query row in the CTA tile
+    unsigned qf[MT][4][4];            // Q fragments, loaded once
+    float acc_o[MT][8][4], m_row[MT][2], l_row[MT][2];
+    init_accumulators(acc_o, m_row, l_row);
 
     for (int j = 0; j < n_tiles; ++j) {
         cp_async_wait<STAGES - 2>();  // tile j (and Q) landed for this thread
@@ -171,125 +108,36 @@ v8_06_cluster_splitkv(const __half* __restrict__ q, const __half* __restrict__ k
         {
             int jn = j + STAGES - 1;
             if (jn < n_tiles) {
-                load_tile_async(smem_u32(SK(jn % STAGES)), kh, (t_begin + jn) * BLOCK_N, seq_kv, tid);
-                load_tile_async(smem_u32(SV(jn % STAGES)), vh, (t_begin + jn) * BLOCK_N, seq_kv, tid);
+                load_tile_async<BLOCK_N>(smem_u32(stage_k(sKV, jn % STAGES)), kh, (t_begin + jn) * BLOCK_N,
+                                         seq_kv, tid);
+                load_tile_async<BLOCK_N>(smem_u32(stage_v(sKV, jn % STAGES)), vh, (t_begin + jn) * BLOCK_N,
+                                         seq_kv, tid);
             }
             cp_async_commit();
         }
-        if (j == 0) {
-#pragma unroll
-            for (int ks = 0; ks < 4; ++ks)
-                ldmatrix_x4(qf[ks], sq + swz(warp * 16 + (lane & 15), ks * 2 + (lane >> 4)));
-        }
-        const unsigned sk = smem_u32(SK(j % STAGES)), sv = smem_u32(SV(j % STAGES));
-
-        // ---- S = Q · Kᵀ (16 × 64 per warp)
-        float s[8][4];
-#pragma unroll
-        for (int i = 0; i < 8; ++i)
-#pragma unroll
-            for (int c = 0; c < 4; ++c) s[i][c] = 0.f;
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks) {
-#pragma unroll
-            for (int np = 0; np < 4; ++np) {
-                unsigned b[4];
-                ldmatrix_x4(b, sk + swz(np * 16 + (lane & 7) + ((lane >> 4) << 3), ks * 2 + ((lane >> 3) & 1)));
-                mma_16816(s[2 * np], qf[ks], b[0], b[1]);
-                mma_16816(s[2 * np + 1], qf[ks], b[2], b[3]);
-            }
-        }
-        // ---- mask keys past seq_kv (only the last tile can have them)
-        const int kv0 = (t_begin + j) * BLOCK_N;
-        if (kv0 + BLOCK_N > seq_kv) {
-#pragma unroll
-            for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-                for (int c = 0; c < 4; ++c)
-                    if (kv0 + nt * 8 + 2 * t + (c & 1) >= seq_kv) s[nt][c] = NEG_INF;
-        }
-        // ---- online softmax: new row max, rescale factors, P = exp2(S·scale·log2e − m)
-        float mx[2] = {NEG_INF, NEG_INF};
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-            mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
-            mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
-        }
-        float alpha[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            float m_new = fmaxf(m_row[r], mx[r] * scale_log2);
-            alpha[r] = fast_exp2(m_row[r] - m_new);
-            m_row[r] = m_new;
-            l_row[r] *= alpha[r];
-        }
-        unsigned pf[4][4];  // P as fp16 A fragments: 4 k16 steps over the 64 keys
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-            float p0 = fast_exp2(fmaf(s[nt][0], scale_log2, -m_row[0]));
-            float p1 = fast_exp2(fmaf(s[nt][1], scale_log2, -m_row[0]));
-            float p2 = fast_exp2(fmaf(s[nt][2], scale_log2, -m_row[1]));
-            float p3 = fast_exp2(fmaf(s[nt][3], scale_log2, -m_row[1]));
-            l_row[0] += p0 + p1;
-            l_row[1] += p2 + p3;
-            pf[nt >> 1][(nt & 1) * 2 + 0] = pack_half2(p0, p1);
-            pf[nt >> 1][(nt & 1) * 2 + 1] = pack_half2(p2, p3);
-        }
-#pragma unroll
-        for (int dt = 0; dt < 8; ++dt) {
-            acc_o[dt][0] *= alpha[0];
-            acc_o[dt][1] *= alpha[0];
-            acc_o[dt][2] *= alpha[1];
-            acc_o[dt][3] *= alpha[1];
-        }
-        // ---- O += P · V (V fragments by ldmatrix.trans)
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-            for (int dp = 0; dp < 4; ++dp) {
-                unsigned b[4];
-                ldmatrix_x4_trans(b, sv + swz(kk * 16 + (lane & 15), dp * 2 + (lane >> 4)));
-                mma_16816(acc_o[2 * dp], pf[kk], b[0], b[1]);
-                mma_16816(acc_o[2 * dp + 1], pf[kk], b[2], b[3]);
-            }
-        }
+        if (j == 0) load_q_fragments(qf, sq, wrow, lane);
+        const unsigned sk = smem_u32(stage_k(sKV, j % STAGES)), sv = smem_u32(stage_v(sKV, j % STAGES));
+        float s[MT][8][4];
+        qk_scores(s, qf, sk, lane);
+        mask_tail(s, (t_begin + j) * BLOCK_N, seq_kv, lane);
+        unsigned pf[MT][4][4];
+        ONLINE_SOFTMAX(s, m_row, l_row, acc_o, pf, scale_log2);
+        pv_accumulate(acc_o, pf, sv, lane);
     }
     cp_async_wait<0>();
+    finish_row_sums(l_row);
 
-    // ---- finish the row sums inside the quad
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        l_row[r] += __shfl_xor_sync(0xffffffffu, l_row[r], 1);
-        l_row[r] += __shfl_xor_sync(0xffffffffu, l_row[r], 2);
-    }
     if (split) {
-        // ---- leave this CTA's partial (unnormalised O, m, l) in the K/V ring; the cluster combines it
-        __syncthreads();  // every warp is done reading the ring
-        float* part_o = reinterpret_cast<float*>(sKV);
-        float* part_m = part_o + BLOCK_M * OP_STRIDE;
-        float* part_l = part_m + BLOCK_M;
-        const int r0 = warp * 16 + g;
-#pragma unroll
-        for (int dt = 0; dt < 8; ++dt) {
-            *reinterpret_cast<float2*>(part_o + r0 * OP_STRIDE + dt * 8 + 2 * t) = make_float2(acc_o[dt][0], acc_o[dt][1]);
-            *reinterpret_cast<float2*>(part_o + (r0 + 8) * OP_STRIDE + dt * 8 + 2 * t) =
-                make_float2(acc_o[dt][2], acc_o[dt][3]);
-        }
-        if (t == 0) {
-            part_m[r0] = m_row[0];
-            part_m[r0 + 8] = m_row[1];
-            part_l[r0] = l_row[0];
-            part_l[r0 + 8] = l_row[1];
-        }
+        park_partials(acc_o, m_row, l_row, sKV, warp, g, t);
         cluster_sync_all();  // all partials of the cluster are written and visible
-        // ---- CTA `rank` combines rows [rank·64/CLUSTER, (rank+1)·64/CLUSTER): 8 columns (one 16-byte store) per item
+        // ---- CTA `rank` combines rows [rank·64/CLUSTER, (rank+1)·64/CLUSTER) by reading the CLUSTER partials through
+        // distributed shared memory (ld.shared::cluster: one DSMEM round trip per load), in a fixed order
+        // (deterministic): 8 columns (one 16-byte store) per item
         const unsigned part_base = smem_u32(sKV);
         constexpr int ROWS = BLOCK_M / CLUSTER;
         for (int item = tid; item < ROWS * 8; item += NWARPS * 32) {
             const int row = rank * ROWS + (item >> 3), chunk = item & 7;
-            float mc[CLUSTER], m_max = NEG_INF;
+            float mc[CLUSTER], m_max = neg_inf();
 #pragma unroll
             for (int c = 0; c < CLUSTER; ++c) {
                 mc[c] = ld_dsmem_f(dsmem_addr(part_base + (BLOCK_M * OP_STRIDE + row) * 4, c));
@@ -298,46 +146,23 @@ v8_06_cluster_splitkv(const __half* __restrict__ q, const __half* __restrict__ k
             float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, l_sum = 0.f;
 #pragma unroll
             for (int c = 0; c < CLUSTER; ++c) {
-                const float w = m_max == NEG_INF ? 0.f : fast_exp2(mc[c] - m_max);
+                const float w = m_max == neg_inf() ? 0.f : fast_exp2(mc[c] - m_max);
                 const unsigned base = dsmem_addr(part_base, c);
                 l_sum += w * ld_dsmem_f(base + (BLOCK_M * OP_STRIDE + BLOCK_M + row) * 4);
                 const float4 a = ld_dsmem_f4(base + (row * OP_STRIDE + chunk * 8) * 4);
                 const float4 b = ld_dsmem_f4(base + (row * OP_STRIDE + chunk * 8 + 4) * 4);
-                acc[0] += w * a.x; acc[1] += w * a.y; acc[2] += w * a.z; acc[3] += w * a.w;
-                acc[4] += w * b.x; acc[5] += w * b.y; acc[6] += w * b.z; acc[7] += w * b.w;
+                accumulate_chunk(acc, w, a, b);
             }
-            const float inv = l_sum > 0.f ? 1.f / l_sum : 0.f;
-            if (q0 + row < seq_q) {
-                uint4 out;
-                out.x = pack_half2(acc[0] * inv, acc[1] * inv);
-                out.y = pack_half2(acc[2] * inv, acc[3] * inv);
-                out.z = pack_half2(acc[4] * inv, acc[5] * inv);
-                out.w = pack_half2(acc[6] * inv, acc[7] * inv);
-                *reinterpret_cast<uint4*>(oh + (size_t)(q0 + row) * HEAD_DIM + chunk * 8) = out;
-            }
+            store_chunk(oh, q0, row, chunk, seq_q, acc, l_sum);
         }
         cluster_sync_all();  // keep every partial alive until the whole cluster has read it
         return;
     }
     // ---- unsplit epilogue (v8_05): normalise, stage this warp's 16 rows in its own Q rows, 16-byte stores
 #pragma unroll
-    for (int r = 0; r < 2; ++r) l_row[r] = l_row[r] > 0.f ? 1.f / l_row[r] : 0.f;
+    for (int r = 0; r < 2; ++r) l_row[0][r] = l_row[0][r] > 0.f ? 1.f / l_row[0][r] : 0.f;
     __syncwarp();
-#pragma unroll
-    for (int dt = 0; dt < 8; ++dt) {
-        int r0 = warp * 16 + g;
-        *reinterpret_cast<unsigned*>(sQ + swz(r0, dt) + t * 4) =
-            pack_half2(acc_o[dt][0] * l_row[0], acc_o[dt][1] * l_row[0]);
-        *reinterpret_cast<unsigned*>(sQ + swz(r0 + 8, dt) + t * 4) =
-            pack_half2(acc_o[dt][2] * l_row[1], acc_o[dt][3] * l_row[1]);
-    }
+    stage_tile_rows(acc_o[0], l_row[0][0], l_row[0][1], sQ, wrow + g, t);
     __syncwarp();
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        int idx = lane + i * 32;
-        int row = warp * 16 + (idx >> 3), chunk = idx & 7;
-        if (q0 + row < seq_q)
-            *reinterpret_cast<uint4*>(oh + (size_t)(q0 + row) * HEAD_DIM + chunk * 8) =
-                *reinterpret_cast<const uint4*>(sQ + swz(row, chunk));
-    }
+    copy_rows_out<MT>(sQ, oh, q0, seq_q, wrow, lane);
 }
