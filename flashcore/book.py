@@ -149,7 +149,10 @@ def chapter(notebook: str, mode: str = "auto", measure: Optional[Callable] = Non
 
 
 def md(text: str) -> None:
-    """Show Markdown built from a record's numbers (prose never types a measured number by hand)."""
+    """Show Markdown built from a record's numbers (prose never types a measured number by hand). Empty text shows
+    nothing (an empty Markdown output would render as its Python repr)."""
+    if not text or not text.strip():
+        return
     if _in_notebook():
         from IPython.display import Markdown, display
 

@@ -21,7 +21,7 @@ from flashcore.tools import profile
 
 ROOT = Path(__file__).resolve().parent.parent
 H100 = ROOT / "runs" / "h100-80gb-hbm3" / "20261125T201634Z-04_results"
-H200 = ROOT / "runs" / "h200" / "20261130T234832Z-04_results"
+H200 = ROOT / "runs" / "h200" / "20261201T022916Z-04_results"   # the H200 book's live papermill run
 COMMITTED = [H100, H200]
 PROV = dict(gpu="Test GPU", gpu_slug="test-gpu", sm="sm_90", num_sms=132, driver="0", cuda="13.0", torch="x",
             cupy="x", commit="1" * 40, dirty=False, date="2026-01-01T00:00:00+00:00", command="pytest",
@@ -332,12 +332,13 @@ def test_every_view_on_every_record(any_record, tmp_path):
 
 
 def test_old_records_say_they_predate_the_long_sequence_profile():
-    for path in COMMITTED:
-        rec = records.load(path)
-        assert "predates the comparison" in results.long_s_markdown(rec)
-        assert results.profile_table_rows(rec, "long_s") == []
-        assert results.profile_table_rows(rec, "mission")             # the mission-shape report still reads
-        assert "predates the per-length record" in results.dsl_markdown(rec)
+    rec = records.load(H100)                                          # written before the long-S profile existed
+    assert "predates the comparison" in results.long_s_markdown(rec)
+    assert results.profile_table_rows(rec, "long_s") == []
+    assert results.profile_table_rows(rec, "mission")                 # the mission-shape report still reads
+    assert "predates the per-length record" in results.dsl_markdown(rec)
+    new = records.load(H200)                                          # the live run of the new measure has both
+    assert "predates" not in results.long_s_markdown(new) and results.profile_table_rows(new, "long_s")
 
 
 def test_long_sequence_findings_are_computed_from_the_report(tmp_path, fake_gpu):

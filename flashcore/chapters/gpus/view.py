@@ -183,8 +183,8 @@ def prediction_table(cmp: Comparison, show: bool = True) -> str:
     if not cmp.rows:
         return ""
     rb, ra = _short(cmp, cmp.other), _short(cmp, cmp.reference)
-    cap = (f"share of the measured {ra} time each floor takes; predicted = {rb} time ÷ {ra} time "
-           "(— until both chapter-0 records exist)")
+    cap = (f"share of the measured {ra} time each floor takes; predicted = {rb} time ÷ {ra} time"
+           + (" (— until both chapter-0 records exist)" if cmp.missing else ""))
     out = book.table(_prediction_rows(_selection(cmp)), caption=cap, show=False)
     out += _all_pairs(cmp, _prediction_rows)
     if show:
