@@ -5,6 +5,7 @@
     python -m flashcore bench   <kernel>[,<kernel>…] --shape …  [--peers sdpa_cudnn,sdpa_flash] [--samples 50]
     python -m flashcore profile <kernel> --shape …  [--set full | --sections SpeedOfLight,WarpStateStats]
     python -m flashcore sweep   [--quick] [--cases 200] [--tools memcheck,…]    # the library's fuzz + sanitizer
+    python -m flashcore library [--param calls=300]                # the call's eager cost, checks, features
     python -m flashcore live    <notebook> [--param S=1024]      # one chapter's live measurements, no Jupyter
 
 ``check`` runs the harness's correctness check (fp64 reference, NaN-poisoned output, the pass rule,
@@ -75,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m flashcore", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{list,check,bench,profile,sweep,live}")
+    sub = ap.add_subparsers(dest="command", required=True,
+                            metavar="{list,check,bench,profile,sweep,library,live}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("kernel", help="registered kernel id(s), comma-separated (see `list`), or triton_attention")
     common.add_argument("--shape", required=True, type=parse_shape_arg, metavar="B,H,S,D[,S_kv][;...]",
@@ -105,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=8, help="compute-sanitizer processes at a time")
     s.add_argument("--smoke-kernel", default=None, help="kernel for the library-call smoke test")
     s.add_argument("--no-progress", action="store_true")
+    lb = sub.add_parser("library", help="the library call as users meet it: eager cost vs SDPA, torch.compile, "
+                                        "CUDA graphs, threads, devices, features vs cuDNN — one record")
+    lb.add_argument("--param", action="append", type=_param, default=[], metavar="NAME=VALUE",
+                    help="override a default of flashcore.library_bench.DEFAULTS (e.g. calls=300)")
+    lb.add_argument("--runs-dir", default=None, help="where the record goes (default: the repository's runs/)")
     lv = sub.add_parser("live", help="one chapter's live measurements into a record, without Jupyter")
     lv.add_argument("notebook", help="a chapter notebook stem, e.g. 03_v8_optimization")
     lv.add_argument("--param", action="append", type=_param, default=[], metavar="NAME=VALUE")
@@ -343,6 +350,8 @@ def _run(args, argv, provenance) -> int:
         return _sweep(args)
     if args.command == "live":
         return _live_chapter(args)
+    if args.command == "library":
+        return _library(args, provenance)
     args.kernels = [resolve_kernel(k, args.command) for k in args.kernels]
     for kid in args.kernels:
         for shape in args.shape:
@@ -396,6 +405,31 @@ def _sweep(args) -> int:
         print(f"  {'ok ' if r['passed'] else 'BAD'} {r['check']:<30} {r['subject']:<24} {r['result']:<16} "
               f"{r['detail']}")
     return 0 if verdict["passed"] else 1
+
+
+def _library(args, provenance=None) -> int:
+    from . import library_bench
+
+    params = dict(args.param)
+    unknown = sorted(set(params) - set(library_bench.DEFAULTS))
+    if unknown:
+        raise CliError(f"--param: unknown {', '.join(unknown)}; known: {', '.join(library_bench.DEFAULTS)}")
+    os.environ.setdefault("FLASHCORE_COMMAND", "python -m flashcore library")
+    path = library_bench.run_library(params, runs_dir=Path(args.runs_dir) if args.runs_dir else None,
+                                     provenance=provenance)
+    rec = records.load(path)
+    print(f"recorded {path}")
+    s = rec["extra"]["summary"]
+    for shape, e in s["eager"].items():
+        print(f"  eager {shape}: flashcore {e['api_us']:.1f} µs/call, SDPA {e['sdpa_us']:.1f} µs/call, "
+              f"ratio {e['ratio']:.2f} (goal ≤ 1.0: {'met' if e['goal_met'] else 'NOT met'}; "
+              f"moonshot ≤ 0.5: {'met' if e['moonshot_met'] else 'not met'})")
+    for name, ok in s["checks"].items():
+        print(f"  {'ok ' if ok else ('-- ' if ok is None else 'BAD')} {name}")
+    bad = [k for k, ok in s["features_passed"].items() if not ok]
+    print(f"  features checked: {len(s['features_passed'])}, failed: {', '.join(bad) or 'none'}")
+    failed = bad or any(ok is False for ok in s["checks"].values())
+    return 1 if failed else 0
 
 
 def _live_chapter(args) -> int:

@@ -85,8 +85,11 @@ def _blamed_lines(source: Path, log: str) -> str:
 
 
 def _define_flags(spec_defines: Iterable[Tuple[str, str]], extra: Iterable[Tuple[str, str]] = ()) -> list:
-    flags = [f"-DHEAD_DIM={HEAD_DIM}"]
-    for name, value in list(spec_defines) + list(extra):
+    """``-D`` flags: HEAD_DIM (the base 64 unless the defines set it: a feature variant's head dim), then the
+    defines in order."""
+    defines = list(spec_defines) + list(extra)
+    flags = [] if any(name == "HEAD_DIM" for name, _ in defines) else [f"-DHEAD_DIM={HEAD_DIM}"]
+    for name, value in defines:
         flags.append(f"-D{name}={value}" if value != "" else f"-D{name}")
     return flags
 
@@ -330,9 +333,12 @@ def _ptr(x) -> int:
 class Launcher:
     """A kernel compiled for one GPU plus its launch geometry: ``launch(q, k, v, o, scale=None, stream=None)``.
 
-    q/o are ``[B, H, S, 64]`` or ``[BH, S, 64]`` fp16, contiguous (the library validates; this is the raw launch).
+    q/o are ``[B, H, S, D]`` or ``[BH, S, D]`` in the build's dtype and head dim, contiguous (the library validates;
+    this is the raw launch).
     The arguments are the ABI of kernels/README.md: q, k, v, o, bh, seq_q, seq_kv, softmax_scale, then ``int split``
-    if the spec has a split decision, then the spec's ``extra_args(shape, LaunchTensors)`` (or ``extra=``).
+    if the spec has a split decision, then ``int kv_group`` if the spec says so (``kv_group_arg``: q's heads per k's,
+    from ``[B, H, S, D]`` shapes, else 1), then the spec's ``extra_args(shape, LaunchTensors)`` (or ``extra=``).
+    The library's hot path packs the same arguments once (:func:`flashcore.launch.prepare`).
     """
 
     def __init__(self, spec: KernelSpec, function, arch: str, device: int, sms: int,
@@ -369,11 +375,13 @@ class Launcher:
                 self.function.max_dynamic_shared_size_bytes = smem
             self._smem_set = smem
         if scale is None:
-            scale = 1.0 / HEAD_DIM ** 0.5
+            scale = 1.0 / int(q.shape[-1]) ** 0.5
         args = [np.uint64(_ptr(q)), np.uint64(_ptr(k)), np.uint64(_ptr(v)), np.uint64(_ptr(o)),
                 np.int32(bh), np.int32(seq_q), np.int32(seq_kv), np.float32(scale)]
         if self.spec.split is not None:
             args.append(np.int32(split))
+        if self.spec.kv_group_arg:
+            args.append(np.int32(int(q.shape[-3]) // int(k.shape[-3]) if len(q.shape) == 4 else 1))
         if extra is not None:
             args.extend(extra)
         elif self.spec.extra_args is not None:
@@ -438,5 +446,6 @@ def load_kernel(spec: KernelSpec, defines: Sequence[Tuple[str, str]] = (), devic
         smem = _smem_symbol(module, spec)
         launcher = Launcher(spec, function, arch, index, num_sms(index), smem)
     launcher.module = module               # keeps the module (and its function) alive with the launcher
+    launcher.defines = all_defines         # the build it is (a feature variant's -D flags)
     _LOADED[key] = launcher
     return launcher

@@ -73,6 +73,22 @@ class KernelSpec:
     max_seq: int = 1 << 30                    # longest sequence the kernel handles
     predicted_us: Optional[float] = None      # prediction at the mission shape (ladder steps)
     idea: str = ""                            # one line: what changed from the parent
+    # The call's features its builds compute (flashcore.dispatch routes by them; flashcore.validate accepts their
+    # union over the library's kernels): dtypes, head dims, SDPA's causal mask; `gqa`: it maps query heads to
+    # key/value heads itself (otherwise the library repeats k and v over the groups before launching); `any_scale`:
+    # it takes a negative, zero or denormal softmax_scale itself (otherwise the library negates q and clamps).
+    # `variant` gives the -D flags of the build for a call's features (one source, a compiled variant per
+    # combination). `unverified` names features its variants add that compile (tests) but have no recorded GPU
+    # check yet: neither dispatch nor validation offers them unless a GPU check opts in
+    # (flashcore.api.unverified_variants).
+    dtypes: Tuple[str, ...] = ("float16",)
+    head_dims: Tuple[int, ...] = (HEAD_DIM,)
+    causal: bool = False
+    gqa: bool = False
+    any_scale: bool = False
+    variant: Optional[Callable[[Any], Tuple[Tuple[str, str], ...]]] = None
+    unverified: Optional[dict] = None
+    kv_group_arg: bool = False                # takes `int kv_group` after `split` (every build; GQA builds read it)
     split: Optional[Callable[[LaunchShape], bool]] = None   # split-KV decision: the kernel takes it as `int split`
     #                                           right after softmax_scale; the grid function and the shared-memory
     #                                           entry (kernel's <entry>_smem_bytes[split]) follow the same call

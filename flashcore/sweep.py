@@ -1,9 +1,12 @@
 """The library's GPU sweep, one command: ``python -m flashcore sweep [--quick]``.
 
 1. **Fuzz** every library kernel — ``flashcore`` (once the v8 chapter registers it) and the Triton peer
-   ``triton_attention`` (if Triton imports) — over :func:`flashcore.fuzz.fuzz_cases` (200 cases each; ``--quick``:
-   12), against the fp64 reference with the harness's pass rule, plus the NaN/Inf checks against SDPA, and
-   a smoke test of the library call's other paths (default dispatch, CuPy, empty input, side stream, copy=False).
+   ``triton_attention`` (if Triton imports) — over :func:`flashcore.fuzz.cases_for` (200 cases each; ``--quick``:
+   12; ``--cases 500`` for the feature bar), against the fp64 reference with the harness's pass rule, over the
+   features the library runs — GQA ratios and MQA, the scale (negative, 0, tiny, large), S_q ≠ S_kv, S_q = 1 — and,
+   with ``FLASHCORE_UNVERIFIED=1``, over the kernel variants that await their GPU check too (bf16, D = 128, causal);
+   the record keeps a summary per feature (``extra["fuzz_features"]``) and says which (``params["unverified"]``). Plus the NaN/Inf checks against SDPA, and a smoke test of the library
+   call's other paths (default dispatch, CuPy, empty input, side stream, copy=False).
 2. **compute-sanitizer** (memcheck, racecheck, synccheck, initcheck; ``--quick``: memcheck only) over every
    registered kernel that is not kept as a failure, at two shapes: a small tail shape and the mission shape.
 
@@ -54,34 +57,42 @@ def run_sweep(quick: bool = False, cases: Optional[int] = None, tools: Optional[
               seed: int = 0, progress: bool = True, runs_dir=None, sanitize_timeout: Optional[int] = None,
               fuzz_ids: Optional[Sequence[str]] = None, sanitize_ids: Optional[Sequence[str]] = None,
               provenance: Optional[dict] = None, smoke_kernel: Optional[str] = None,
-              budget: Optional[float] = None, workers: int = 8):
-    """Everything above into one record; returns (record path, summary dict)."""
+              budget: Optional[float] = None, workers: int = 8, unverified: Optional[bool] = None):
+    """Everything above into one record; returns (record path, summary dict). ``unverified`` (default: the
+    environment's ``FLASHCORE_UNVERIFIED=1``) also fuzzes the library kernel's variants that await their GPU check
+    (bf16, D = 128, causal, grouped heads and special scales in the kernel)."""
     from . import fuzz, records
     from .tools import sanitize
 
     n = cases or (QUICK_CASES if quick else FULL_CASES)
+    if unverified is None:
+        unverified = os.environ.get("FLASHCORE_UNVERIFIED") == "1"
     tools = list(tools or (("memcheck",) if quick else sanitize.TOOLS))
     fuzz_ids = list(library_kernels() if fuzz_ids is None else fuzz_ids)
     sanitize_ids = list(sanitizer_kernels() if sanitize_ids is None else sanitize_ids)
     shapes = [TAIL_SHAPE, MISSION_SHAPE]
     params = dict(quick=quick, cases=n, tools=tools, seed=seed, fuzz_kernels=fuzz_ids,
-                  sanitize_kernels=sanitize_ids, shapes=[list(s) for s in shapes])
+                  sanitize_kernels=sanitize_ids, shapes=[list(s) for s in shapes], unverified=bool(unverified))
     kw = dict(runs_dir=runs_dir) if runs_dir else {}
     run = records.Run(NOTEBOOK, params=params, command=os.environ.get("FLASHCORE_COMMAND", " ".join(sys.argv)),
                       provenance=provenance, **kw)
     t0 = time.time()
     deadline = t0 + budget if budget else None     # caps the sanitizer's timeouts (the fuzz is bounded by n)
 
-    fuzz_summary, specials = {}, {}
+    fuzz_summary, feature_summary, specials = {}, {}, {}
     for kid in fuzz_ids:
-        rows = fuzz.fuzz_kernel(kid, n=n, seed=seed, progress=progress)
+        rows = fuzz.fuzz_kernel(kid, n=n, seed=seed, progress=progress, unverified=bool(unverified))
         for r in rows:
-            fields = {k: v for k, v in r.items() if k not in ("kernel", "B", "H", "S", "S_kv", "D")}
-            run.add_result(kid, r["B"], r["H"], r["S"], 64, S_kv=r["S_kv"], stage="fuzz",
+            fields = {k: v for k, v in r.items() if k not in ("kernel", "B", "H", "S", "S_kv", "D", "dtype",
+                                                              "causal")}
+            run.add_result(kid, r["B"], r["H"], r["S"], r.get("D", 64), S_kv=r["S_kv"], stage="fuzz",
+                           dtype=r.get("dtype", "float16"), causal=bool(r.get("causal")),
                            **{**dict(max_abs_err=None, deterministic=None), **fields})
         fuzz_summary[kid] = fuzz.summarize(kid, rows)
+        feature_summary[kid] = fuzz.feature_summary(rows)
         specials[kid] = fuzz.special_values(_library_fn(kid))
     run.extra["fuzz"] = fuzz_summary
+    run.extra["fuzz_features"] = feature_summary
     run.extra["special_values"] = specials
     if smoke_kernel is None and "flashcore" in fuzz_ids:
         smoke_kernel = "flashcore"
@@ -149,6 +160,15 @@ def status_rows(record) -> List[dict]:
                                 f"{s['bh1_cases']} with B·H=1, {s['cross_cases']} with S_q≠S_kv; "
                                 f"{s['nondeterministic']} non-deterministic"),
                         passed=bool(s["passed"])))
+    for kid, feats in extra.get("fuzz_features", {}).items():
+        named = {t: f for t, f in feats.items() if t != "all" and t not in ("float16", "D=64", "scale default")}
+        if not named:
+            continue
+        bad = [t for t, f in named.items() if f["failures"]]
+        out.append(dict(check="fuzz per feature", subject=kid,
+                        result=f"{len(named) - len(bad)}/{len(named)} features without failures",
+                        detail="; ".join(f"{t}: {f['cases'] - f['failures']}/{f['cases']}" for t, f in named.items()),
+                        passed=not bad))
     for kid, checks in extra.get("special_values", {}).items():
         ok = [n for n, c in checks.items() if c.get("matches")]
         out.append(dict(check="NaN/Inf propagation", subject=kid, result=f"{len(ok)}/{len(checks)} as SDPA",

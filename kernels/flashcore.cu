@@ -2,10 +2,10 @@
 //
 // Parent: v8_07_dsmem_push (kernels/v8/v8_07_dsmem_push.cu). The ladder step that is fastest at the mission shape
 //   (64-row query tiles, 4 warps × one m16 tile, S, P and O in registers, split-KV combined by pushing partials into
-//   the owning CTA's shared memory), frozen at the knobs the variant sweep (scripts/v8_mma_sweep.py) chose there:
+//   the owning CTA's shared memory), frozen at the knobs the variant sweep chose there (chapter 3, record 03_v8_variants):
 //   CLUSTER = 2 (two CTAs share a query tile's keys when the unsplit grid cannot fill the GPU; v8_07 uses 4) and
 //   STAGES = 3 (a 3-deep K/V ring; v8_07 uses 2). `python -m flashcore` and `flashcore.attention` run this file.
-//   Dispatching by shape to v8_09/v8_10 (two m-tiles per warp) was measured (scripts/v8_crossover.py, 12 shapes,
+//   Dispatching by shape to v8_09/v8_10 (two m-tiles per warp) was measured (scripts/explore/v8_crossover.py, 12 shapes,
 //   H100) and did not pay: they won only at the two largest shapes, by a few percent.
 // What changed (one idea, the knobs): CLUSTER 4 → 2, STAGES 2 → 3. Its own file, so that no ladder edit changes what
 //   users run; `diff kernels/v8/v8_07_dsmem_push.cu kernels/flashcore.cu` shows the two knobs and the entry. Like
@@ -14,6 +14,21 @@
 // Predicted: 5.5 µs at B1 H8 S512 D64 (H100, CUDA-graph replay), as measured for this build of v8_07.
 // ncu metric that should move against v8_07: at the mission shape 128 CTAs of 2-CTA clusters instead of 256 of
 //   4-CTA clusters (launch__grid_size), each walking 4 key tiles; combine traffic per row halves.
+//
+// Features (SDPA's semantics), compile-time parameters of this one source: flashcore/specs/v8_mma.py builds a variant
+// per (dtype, head dim, causal) with -D flags. Unset, each is the base build — fp16, D = 64, not causal, the scale
+// taken as given, one key/value head per query head — whose machine code is what every record measured
+// (scripts/check_sass_identity.py holds it, and every ladder kernel, instruction for instruction):
+//   FC_FEATURES = 1  set by every variant: grouped key/value heads in the kernel (query head h reads key/value head
+//                    h / kv_group: SDPA's enable_gqa) and any finite softmax_scale (a negative one negates Q once —
+//                    exact in fp16 and bf16 — and scales by |scale|; 0 or a denormal one becomes the smallest normal
+//                    float, so p = 1 exactly for every unmasked key and a masked key's −inf stays −inf)
+//   FC_BF16 = 1      bf16 inputs, output and P (mma.sync .bf16); otherwise fp16
+//   HEAD_DIM = 128   the head dimension (64 by default): rows, chunk loops and O accumulators widen with it
+//   FC_CAUSAL = 1    SDPA's causal mask, top-left aligned: query i sees keys j ≤ i (also when seq_q ≠ seq_kv); a CTA
+//                    walks only the key tiles up to its last row's diagonal (the rest are wholly masked)
+// Every build takes `int kv_group` after `split` (one ABI); the base build ignores it (the library expands grouped
+// key/value heads before launching it, and passes 1).
 #define STAGES 3       // K/V ring depth (v8_07: 2)
 #define CLUSTER 2      // CTAs per cluster = key splits at small shapes (v8_07: 4; flashcore/specs/v8_mma.py)
 #define MT 1           // m16 tiles (16 query rows each) per warp
@@ -29,9 +44,9 @@ static_assert(SMEM_SPLIT <= SMEM_LIMIT, "flashcore: too much shared memory for o
 extern "C" __device__ int flashcore_smem_bytes[2] = {SMEM_UNSPLIT, SMEM_SPLIT};
 
 extern "C" __global__ void __cluster_dims__(CLUSTER, 1, 1) __launch_bounds__(NWARPS * 32)
-flashcore(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
-          __half* __restrict__ o, int bh, int seq_q, int seq_kv, float softmax_scale,
-          int split) {
+flashcore(const elem_t* __restrict__ q, const elem_t* __restrict__ k, const elem_t* __restrict__ v,
+          elem_t* __restrict__ o, int bh, int seq_q, int seq_kv, float softmax_scale,
+          int split, int kv_group) {
     extern __shared__ __align__(128) unsigned char smem[];
     unsigned char* sQ = smem;
     unsigned char* sKV = smem + BLOCK_M * ROW_BYTES;
@@ -45,11 +60,11 @@ flashcore(const __half* __restrict__ q, const __half* __restrict__ k, const __ha
     if (head >= bh) return;  // only the padding CTAs of the unsplit grid (never in split mode: no cluster barrier)
     if (split) cluster_arrive_relaxed();  // "I have started": my landing buffer exists (waited for before pushing)
     const int q0 = qb * BLOCK_M;
-    const __half* qh = q + (size_t)head * seq_q * HEAD_DIM;
-    const __half* kh = k + (size_t)head * seq_kv * HEAD_DIM;
-    const __half* vh = v + (size_t)head * seq_kv * HEAD_DIM;
-    __half* oh = o + (size_t)head * seq_q * HEAD_DIM;
-    const int n_kv_tiles = (seq_kv + BLOCK_N - 1) / BLOCK_N;
+    const elem_t* qh = q + (size_t)head * seq_q * HEAD_DIM;
+    const elem_t* kh = k + (size_t)kv_head_of(head, kv_group) * seq_kv * HEAD_DIM;
+    const elem_t* vh = v + (size_t)kv_head_of(head, kv_group) * seq_kv * HEAD_DIM;
+    elem_t* oh = o + (size_t)head * seq_q * HEAD_DIM;
+    const int n_kv_tiles = kv_tiles_of(seq_kv, q0, seq_q);
     // this CTA's key tiles [t_begin, t_end): all of them, or its share of the cluster's split
     const int t_begin = split ? rank * n_kv_tiles / CLUSTER : 0;
     const int t_end = split ? (rank + 1) * n_kv_tiles / CLUSTER : n_kv_tiles;
@@ -69,10 +84,10 @@ flashcore(const __half* __restrict__ q, const __half* __restrict__ k, const __ha
     check_split_launch(split, bh, n_qblocks, split ? SMEM_SPLIT : SMEM_UNSPLIT);   // split: the launcher's decision
 
     const int g = lane >> 2, t = lane & 3;  // this thread's rows g, g+8 and columns 2t, 2t+1 in an m16n8 tile
-    const float scale_log2 = softmax_scale * 1.4426950408889634f;
+    const float scale_log2 = scale_log2_of(softmax_scale);
     const int wrow = warp * 16 * MT;  // this warp's first query row in the CTA tile
-    unsigned qf[MT][4][4];            // Q fragments, loaded once
-    float acc_o[MT][8][4], m_row[MT][2], l_row[MT][2];
+    unsigned qf[MT][KSTEPS][4];       // Q fragments, loaded once
+    float acc_o[MT][DTILES][4], m_row[MT][2], l_row[MT][2];
     init_accumulators(acc_o, m_row, l_row);
 
     for (int j = 0; j < n_tiles; ++j) {
@@ -88,11 +103,11 @@ flashcore(const __half* __restrict__ q, const __half* __restrict__ k, const __ha
             }
             cp_async_commit();
         }
-        if (j == 0) load_q_fragments(qf, sq, wrow, lane);
+        if (j == 0) load_q_fragments_for(qf, sq, wrow, lane, softmax_scale);
         const unsigned sk = smem_u32(stage_k(sKV, j % STAGES)), sv = smem_u32(stage_v(sKV, j % STAGES));
         float s[MT][8][4];
         qk_scores(s, qf, sk, lane);
-        mask_tail(s, (t_begin + j) * BLOCK_N, seq_kv, lane);
+        mask_keys(s, (t_begin + j) * BLOCK_N, seq_kv, q0 + wrow, lane);
         unsigned pf[MT][4][4];
         ONLINE_SOFTMAX(s, m_row, l_row, acc_o, pf, scale_log2);
         pv_accumulate(acc_o, pf, sv, lane);

@@ -391,6 +391,8 @@ def main(argv=None) -> int:
         write_status(executions, args.mode, gpu, why)
         write_book_gpu(executions, gpu, why)
     ensure_headline()
+    from flashcore import library_bench        # the library page's measured part, from the book GPU's record
+    library_bench.write_page(GENERATED_DIR / "library_record.md", gpu)
     if not (GENERATED_DIR / "book_gpu.md").exists():
         write_book_gpu([], gpu, why)
     failed = [e for e in executions if e["error"]]

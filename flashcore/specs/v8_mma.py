@@ -93,13 +93,55 @@ SPECS = [
 
 # The library's kernel (kernels/flashcore.cu): the ladder step that is fastest at the mission shape (v8_07: 64-row
 # query tiles, split-KV combined by DSMEM pushes) with the cluster size and ring depth the variant sweep of
-# scripts/v8_mma_sweep.py chose there (2-CTA clusters, 3-stage cp.async ring). Dispatching by shape to v8_09/v8_10 (two
-# m-tiles per warp) was the candidate next step; scripts/v8_crossover.py measures it (12 shapes, H100): the two-m-tile
+# chapter 3 records (03_v8_variants) chose there (2-CTA clusters, 3-stage cp.async ring). Dispatching by shape to v8_09/v8_10 (two
+# m-tiles per warp) was the candidate next step; scripts/explore/v8_crossover.py measures it (12 shapes, H100): the two-m-tile
 # kernels won only at the two largest shapes, by a few percent, and lost everywhere else, so the library keeps this one
 # kernel.
 FLASHCORE_CLUSTER = 2        # the kernel's CLUSTER
 FLASHCORE_STAGES = 3         # the kernel's STAGES (for the record: the Python side launches nothing by it)
 FLASHCORE_SPLIT = SplitKV(cluster=FLASHCORE_CLUSTER)
+
+# The library's features (kernels/flashcore.cu, top): compile-time parameters of the one source. The base build (no
+# -D flag: fp16, D = 64, not causal; grouped heads and special scales handled by the library before the launch) is
+# the one the records measured and the only one the library runs today. The feature variants (FC_FEATURES and the
+# dtype / head dim / causal flags) compile without spills for sm_90 (tests/test_library_features.py) but have not
+# run on a GPU yet: they are declared `unverified` until a recorded GPU check passes (`FLASHCORE_UNVERIFIED=1
+# python -m flashcore sweep --cases 500` and `python -m flashcore library`); then their features move into the
+# declared ones (dtypes, head_dims, causal, gqa, any_scale below), citing the record.
+FLASHCORE_UNVERIFIED = dict(dtypes=("float16", "bfloat16"), head_dims=(64, 128), causal=True, gqa=True,
+                            any_scale=True)
+
+
+def flashcore_variant(features) -> tuple:
+    """The -D flags of flashcore's build for a call's features — ``dtype``, ``head_dim``, ``causal``, and whether
+    the kernel itself maps grouped heads (``kernel_gqa``) or takes a special scale (``kernel_scale``): none for the
+    base build; FC_FEATURES plus the dtype / head dim / causal flags for every other."""
+    base = (features.dtype == "float16" and features.head_dim == 64 and not features.causal
+            and not getattr(features, "kernel_gqa", False) and not getattr(features, "kernel_scale", False))
+    if base:
+        return ()
+    defines = [("FC_FEATURES", "1")]
+    if features.dtype == "bfloat16":
+        defines.append(("FC_BF16", "1"))
+    if features.head_dim != 64:
+        defines.append(("HEAD_DIM", str(int(features.head_dim))))
+    if features.causal:
+        defines.append(("FC_CAUSAL", "1"))
+    return tuple(defines)
+
+
+def flashcore_variants() -> list:
+    """flashcore's builds as (features, -D flags): the base build, then a feature build per (dtype, head dim,
+    causal) of ``FLASHCORE_UNVERIFIED`` — what the compile tests build and the GPU checks run."""
+    from types import SimpleNamespace
+
+    out = [(SimpleNamespace(dtype="float16", head_dim=64, causal=False, kernel_gqa=False, kernel_scale=False), ())]
+    for dtype in FLASHCORE_UNVERIFIED["dtypes"]:
+        for head_dim in FLASHCORE_UNVERIFIED["head_dims"]:
+            for causal in (False, True):
+                f = SimpleNamespace(dtype=dtype, head_dim=head_dim, causal=causal, kernel_gqa=True, kernel_scale=True)
+                out.append((f, flashcore_variant(f)))
+    return out
 
 SPECS += [
     KernelSpec(
@@ -108,5 +150,6 @@ SPECS += [
         parent="v8_07_dsmem_push", chapter=CHAPTER, cross=True, max_seq=1 << 30, predicted_us=5.5,
         idea="v8_07 with 2-CTA clusters and a 3-stage cp.async ring (the sweep's best at the mission shape)",
         tags=("mma", "cluster", "dsmem", "split-kv", "library"),
+        variant=flashcore_variant, unverified=FLASHCORE_UNVERIFIED, kv_group_arg=True,
     ),
 ]
