@@ -19,6 +19,7 @@ import html
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -209,14 +210,23 @@ def table(data, columns: Optional[Sequence[str]] = None, digits: int = 3, captio
         return fmt(value, digits)
 
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(c, r.get(c)))}</td>" for c in cols) + "</tr>"
-                   for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{breakable(html.escape(cell(c, r.get(c))))}</td>" for c in cols)
+                   + "</tr>" for r in rows)
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     out = (f'<div class="flashcore-table-wrap"><table class="flashcore-table">{cap}<thead><tr>{head}</tr></thead>'
            f"<tbody>{body}</tbody></table></div>")
     if show:
         _show_html(out)
     return out
+
+
+_LONG_TOKEN = re.compile(r"[^\s]{25,}")
+
+
+def breakable(text: str) -> str:
+    """Long unbroken tokens (a mangled kernel name) get break opportunities (<wbr>) after _ , : and ::, so a table
+    fits its column without letting the browser break numbers in the middle."""
+    return _LONG_TOKEN.sub(lambda m: re.sub(r"(_|,|:|&gt;|&lt;)", r"\1<wbr>", m.group(0)), text)
 
 
 def _rows(data, columns):

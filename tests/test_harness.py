@@ -346,3 +346,9 @@ def test_plots_save_shows_the_saved_file_by_name(tmp_path, monkeypatch):
     path = plots.save(fig, "unit_chart", records.load(_run(tmp_path / "r").save()))
     assert path.is_file() and shown == [(path, "unit_chart")]
     assert not plt.get_fignums()                                     # closed: nothing shown twice
+
+
+def test_long_tokens_get_break_opportunities_numbers_do_not():
+    html = book.table([dict(kernel="cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16", us=12345.678)],
+                      show=False)
+    assert "cudnn_<wbr>generated_<wbr>" in html and "12,346" in html and "12,<wbr>" not in html
