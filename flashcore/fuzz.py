@@ -216,7 +216,7 @@ def cases_for(kernel_id: str, n: int, seed: int = 0, features: bool = True, unve
 
     spec = kernels.get(kernel_id)
     support = dispatch.support_of(spec, unverified)
-    return fuzz_cases(n, seed=seed, cross=spec.cross, max_seq=spec.max_seq if spec.max_seq < 16384 else 16384,
+    return fuzz_cases(n, seed=seed, cross=spec.cross, max_seq=16384,
                       features=support if features and support != BASE else None)
 
 

@@ -70,7 +70,6 @@ class KernelSpec:
     parent: Optional[str] = None              # the kernel this one changes one idea of
     chapter: str = ""                         # notebook stem, e.g. "01_v12_baseline"
     cross: bool = False                       # True if seq_q != seq_kv is supported
-    max_seq: int = 1 << 30                    # longest sequence the kernel handles
     predicted_us: Optional[float] = None      # prediction at the mission shape (ladder steps)
     idea: str = ""                            # one line: what changed from the parent
     # The call's features its builds compute (flashcore.dispatch routes by them; flashcore.validate accepts their

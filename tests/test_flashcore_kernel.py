@@ -27,7 +27,7 @@ needs_nvcc = pytest.mark.skipif(not _have_nvcc(), reason="nvcc not installed")
 
 def test_flashcore_is_registered_and_cross():
     spec = kernels.get("flashcore")
-    assert spec.cross and spec.max_seq >= 16384
+    assert spec.cross and not hasattr(spec, "max_seq")      # every length: no limit field to check
     assert spec.chapter == "03_v8_optimization"
     assert (spec.source, spec.entry, spec.parent) == ("flashcore.cu", "flashcore", "v8_07_dsmem_push")
     assert not spec.defines and spec.split is v8_mma.FLASHCORE_SPLIT

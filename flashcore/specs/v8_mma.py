@@ -72,7 +72,7 @@ def _spec(id, predicted_us, idea, tags, split=None, **kw):
 SPECS = [
     _spec("v8_05_mma_registers", 7.0,
           "mma.sync m16n8k16 + ldmatrix: S, P and O in registers (FA2 warp layout), swizzled cp.async ring",
-          ("mma", "ldmatrix", "cp.async", "swizzle"), parent="v8_04_grid_132sm", max_seq=1 << 30),
+          ("mma", "ldmatrix", "cp.async", "swizzle"), parent="v8_04_grid_132sm"),
     _spec("v8_06_cluster_splitkv", 4.5,
           "small problems: split the keys over a 4-CTA cluster, combine the partials through DSMEM (256 CTAs)",
           ("mma", "cluster", "dsmem", "split-kv"), SPLIT, parent="v8_05_mma_registers"),
@@ -147,7 +147,7 @@ SPECS += [
     KernelSpec(
         id="flashcore", source="flashcore.cu", entry="flashcore", threads=128,
         grid=FLASHCORE_SPLIT.grid, split=FLASHCORE_SPLIT,
-        parent="v8_07_dsmem_push", chapter=CHAPTER, cross=True, max_seq=1 << 30, predicted_us=5.5,
+        parent="v8_07_dsmem_push", chapter=CHAPTER, cross=True, predicted_us=5.5,
         idea="v8_07 with 2-CTA clusters and a 3-stage cp.async ring (the sweep's best at the mission shape)",
         tags=("mma", "cluster", "dsmem", "split-kv", "library"),
         variant=flashcore_variant, unverified=FLASHCORE_UNVERIFIED, kv_group_arg=True,
