@@ -162,5 +162,16 @@ def attention_bytes(B: int, H: int, S: int, D: int = 64, S_kv: Optional[int] = N
     return float(elem * B * H * D * (2 * S + 2 * S_kv))
 
 
+def floors_us(B: int, H: int, S: int, D: int, *, gemm_tflops: float, copy_tbps: float, exp2_per_s: float,
+              launch_us: float) -> dict:
+    """The four floors of one shape (µs): the time it would take if one resource alone limited it — the matrix
+    FLOPs at the GEMM rate, the fewest bytes at the copy bandwidth, one exponential per score at the ex2 rate, and
+    one launch. Chapter 0 draws them; the H100-vs-H200 page predicts from them."""
+    return {"tensor": attention_flops(B, H, S, D) / (gemm_tflops * 1e12) * 1e6,
+            "exp": B * H * S * S / exp2_per_s * 1e6,
+            "memory": attention_bytes(B, H, S, D) / (copy_tbps * 1e12) * 1e6,
+            "launch": float(launch_us)}
+
+
 def tflops(B, H, S, D, us, S_kv=None) -> float:
     return attention_flops(B, H, S, D, S_kv) / (us * 1e-6) / 1e12

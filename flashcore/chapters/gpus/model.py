@@ -90,10 +90,8 @@ def timings(rec: Record) -> list:
 
 def floors(c: Ceilings, shape) -> dict:
     """Chapter 0's four floors (µs) for ``shape`` on the GPU of ``c``: launch, memory, tensor, exp."""
-    B, H, S, D = shape
-    flops, nbytes = bench.attention_flops(B, H, S, D), bench.attention_bytes(B, H, S, D)
-    return {"launch": c.launch_us, "memory": nbytes / (c.copy_tbps * 1e12) * 1e6,
-            "tensor": flops / (c.gemm_tflops * 1e12) * 1e6, "exp": B * H * S * S / c.exp2_per_s * 1e6}
+    return bench.floors_us(*shape, gemm_tflops=c.gemm_tflops, copy_tbps=c.copy_tbps, exp2_per_s=c.exp2_per_s,
+                           launch_us=c.launch_us)
 
 
 def shares(c: Ceilings, shape, t_us: float) -> dict:

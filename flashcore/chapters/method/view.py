@@ -83,11 +83,9 @@ def floors(rec: Record) -> dict:
     """Lower bounds on the mission shape's time (µs), one per resource, from the measured ceilings: the time it
     would take if that resource alone limited it. Keys: tensor, exp, memory, launch."""
     mission, _ = shapes(rec)
-    c, n = rec.ext("ceilings"), problem_numbers(*mission)
-    return {"tensor": n["flops"] / (c["gemm_fp16_tflops"] * 1e12) * 1e6,
-            "exp": n["exps"] / c["exp2_per_s"] * 1e6,
-            "memory": n["bytes"] / (c["copy_tbps"] * 1e12) * 1e6,
-            "launch": c["empty_graph"]["median_us"]}
+    c = rec.ext("ceilings")
+    return bench.floors_us(*mission, gemm_tflops=c["gemm_fp16_tflops"], copy_tbps=c["copy_tbps"],
+                           exp2_per_s=c["exp2_per_s"], launch_us=c["empty_graph"]["median_us"])
 
 
 def roof(rec: Record, shape=None) -> dict:
