@@ -73,6 +73,13 @@ class PreparedLaunch:
         return tuple(self._ptrs) + tuple(x.value for x in self._vals)
 
 
+def function_pointer(function) -> int:
+    """The CUfunction handle of a loaded kernel: a ``cupy.cuda.function.Function`` has ``.ptr``; the
+    ``cupy.RawKernel`` that ``RawModule.get_function`` returns (CuPy 14) holds that Function as ``.kernel``."""
+    ptr = getattr(function, "ptr", None)
+    return int(ptr if ptr is not None else function.kernel.ptr)
+
+
 def _cuda_calls():
     """(cuLaunchKernel, cuCtxGetCurrent, device switch) through CuPy."""
     import cupy
@@ -104,5 +111,5 @@ def prepare(launcher, bh: int, seq_q: int, seq_kv: int, scale: float, kv_group: 
             launcher.function.max_dynamic_shared_size_bytes = smem
             launcher._smem_set = smem
         context = current_context()
-    return PreparedLaunch(launcher.function.ptr, grid, block, smem, consts, launcher.device, context, launch_kernel,
+    return PreparedLaunch(function_pointer(launcher.function), grid, block, smem, consts, launcher.device, context, launch_kernel,
                           current_context, switch, keep=(launcher, getattr(launcher, "module", None)))

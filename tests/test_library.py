@@ -667,3 +667,14 @@ def test_cli_records_the_triton_config(tmp_path, monkeypatch):
                      str(tmp_path), "--no-progress"], provenance=dict(PROV)) == 0
     (path,) = list(tmp_path.glob("*/*/run.json"))
     assert records.load(path)["results"][0]["config"] == dict(BLOCK_M=64, BLOCK_N=64, S=512)
+
+
+def test_function_pointer_reads_cupy_14_raw_kernels():
+    """CuPy 14's RawModule.get_function returns a RawKernel whose CUfunction is ``.kernel.ptr`` (the first GPU run
+    of the prepared launch failed on ``.ptr``); a driver-level Function has ``.ptr`` itself."""
+    from types import SimpleNamespace
+
+    from flashcore.launch import function_pointer
+
+    assert function_pointer(SimpleNamespace(ptr=1234)) == 1234
+    assert function_pointer(SimpleNamespace(kernel=SimpleNamespace(ptr=5678))) == 5678
