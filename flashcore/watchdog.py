@@ -19,10 +19,13 @@ RECORD_INTS = 20
 WARPS_PER_CTA = 16
 DEFAULT_CYCLES = 100_000_000      # ~0.05–0.06 s at the H100's clocks: a stuck launch returns well under a second
 
-ROLES = {0: "compute", 1: "load", 2: "softmax"}
+ROLES = {0: "compute", 1: "load", 2: "softmax", 3: "producer", 4: "consumer"}   # 3, 4: the Hopper family
 SITES = {1: "producer_acquire", 2: "consumer_wait", 3: "__syncthreads after Q load",
          4: "__syncthreads after Q·Kᵀ", 5: "__syncthreads after softmax", 6: "__syncthreads after release",
-         7: "__syncthreads after store"}
+         7: "__syncthreads after store",
+         # the Hopper family's mbarrier waits (kernels/common/mbarrier.cuh)
+         8: "full[s] (a consumer waits for K/V to land)", 9: "empty[s] (the producer waits for a release)",
+         10: "q_full (a consumer waits for Q)", 11: "q_empty (the producer waits for every consumer to finish Q)"}
 REASONS = {1: "timed out", 2: "gave up (another thread timed out)"}
 FIELDS = ("reason", "cta", "warp", "lane", "role", "site", "stage", "parity", "key_tile", "query_tile", "head",
           "iteration", "arrivals_seen", "expected", "mbar_lo", "mbar_hi", "cycles_waited", "phase", "spare0",
@@ -60,12 +63,13 @@ def allocate(num_ctas: int, xp):
     return buf
 
 
-def extra_args(shape, tensors, cycles: Optional[int] = None) -> tuple:
+def extra_args(shape, tensors, cycles: Optional[int] = None, ctas: Optional[int] = None) -> tuple:
     """The spec's ``extra_args(shape, tensors)``: (buffer, budget), the buffer allocated with ``tensors.xp`` (a
-    :class:`flashcore.kernels.LaunchTensors`; CuPy on the GPU, numpy in tests) and kept in ``LAST`` for decode."""
+    :class:`flashcore.kernels.LaunchTensors`; CuPy on the GPU, numpy in tests) and kept in ``LAST`` for decode.
+    ``ctas``: the CTAs launched (default one per SM: the persistent v11 kernels); a record slot per warp of each."""
     import numpy as np
 
-    ctas = max(int(shape.num_sms), 1)
+    ctas = max(int(ctas if ctas is not None else shape.num_sms), 1)
     buf = allocate(ctas, tensors.xp)
     LAST["buffer"] = buf
     return buf, np.int64(cycles if cycles is not None else _BUDGET["cycles"])
@@ -105,6 +109,10 @@ def barrier_name(row: dict) -> str:
         return f"stage {row['stage']} 'consumed' mbarrier (pipeline)"
     if row["site"] == "consumer_wait":
         return f"stage {row['stage']} 'produced' mbarrier (pipeline)"
+    if row["site"].startswith(("full[s]", "empty[s]")):
+        return f"{row['site'].split(' ')[0].replace('s', str(row['stage']))} mbarrier, parity {row['parity']}"
+    if row["site"].startswith("q_"):
+        return f"{row['site'].split(' ')[0]} mbarrier, parity {row['parity']}"
     return "block barrier (__syncthreads stand-in)"
 
 

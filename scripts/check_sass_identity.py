@@ -21,8 +21,17 @@ not: what was added or removed); ``--show`` prints the diff. Any other differenc
 ``--compiler nvrtc`` compiles both builds the way they run instead: ``compile.nvrtc_compile`` for sm_90 (NVRTC with
 ``-ftz=true``; needs libnvrtc, not a GPU — e.g. the ``nvidia-cuda-nvrtc`` wheel's folder on LD_LIBRARY_PATH).
 
+``--family hopper`` checks kernels/hopper/ instead (not through the registry: its builds are files and ``-D`` knobs):
+each kernel, the WATCHDOG builds of 02–05 and flashcore_hopper's knobs, built by nvcc for ``sm_90a`` (``-gencode=
+arch=compute_90a,code=sm_90a``, what tests/test_tma.py builds) from ``kernels/`` at the base (default ``HEAD``,
+read with ``git archive``) and in the working tree. Besides the verdict it prints each new build's ptxas registers
+and spills and fails on a spill or a C7515 / C7519 / C7508 warning (wgmma serialised, warpgroup.arrive injected,
+setmaxnreg ignored). A build whose instructions differ only in constant-bank offsets or relocated symbol names is
+reported as "differs only in symbol/address operands".
+
     python scripts/check_sass_identity.py [--base b4ede6e] [--only v8_07_dsmem_push,flashcore] [--show] [-j 8]
                                           [--compiler nvcc|nvrtc]
+    python scripts/check_sass_identity.py --family hopper [--base HEAD] [--only flashcore_hopper] [--show]
 """
 from __future__ import annotations
 
@@ -143,15 +152,120 @@ def check(kid: str, extra: tuple, old_specs: dict, base_dir: Path, out_dir: Path
                 opcodes={k: v for k, v in sorted(delta.items()) if v}, slots_only=slots_only)
 
 
+# ------------------------------------------------------------------------------------------------ the Hopper family
+HOPPER_ARCH = "-gencode=arch=compute_90a,code=sm_90a"
+# (file stem, -D flags): every kernel, the WATCHDOG builds of 02–05, flashcore_hopper's knobs.
+HOPPER_BUILDS = [(s, ()) for s in ("hopper_01_wgmma", "hopper_02_tma", "hopper_03_warpspec", "hopper_04_overlap",
+                                   "flashcore_hopper", "probe_wgmma_tma")] + \
+    [(s, ("WATCHDOG",)) for s in ("hopper_02_tma", "hopper_03_warpspec", "hopper_04_overlap", "flashcore_hopper")] + \
+    [("flashcore_hopper", (d,)) for d in ("NUM_CONSUMERS=2", "EXP2_FMA_EVERY=4", "STAGES=2")]
+HOPPER_WARNINGS = ("C7515", "C7519", "C7508")
+
+
+def _nvcc() -> str:
+    from flashcore.compile import CUDA_HOME
+
+    return str(CUDA_HOME / "bin" / "nvcc")
+
+
+def hopper_build(kernels_dir: Path, stem: str, defines: tuple, out_dir: Path, tag: str) -> dict:
+    """nvcc -cubin for sm_90a of kernels_dir/hopper/<stem>.cu: {cubin, log, regs {entry: n}, spills, warnings}."""
+    cubin = out_dir / f"{tag}-{stem}{''.join('-' + d for d in defines)}.cubin"
+    cmd = [_nvcc(), "-cubin", HOPPER_ARCH, "-O3", "-std=c++17", "-Xptxas", "-v", f"-I{kernels_dir}",
+           *[f"-D{d}" for d in defines], str(kernels_dir / "hopper" / f"{stem}.cu"), "-o", str(cubin)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    log = p.stdout + p.stderr
+    if p.returncode:
+        raise RuntimeError(f"{' '.join(cmd)}\n{log}")
+    regs, entry = {}, None
+    for line in log.splitlines():
+        m = re.search(r"Compiling entry function '(\w+)'", line)
+        entry = m.group(1) if m else entry
+        m = re.search(r"Used (\d+) registers", line)
+        if m and entry:
+            regs[entry] = int(m.group(1))
+    spills = sum(int(a) + int(b) for a, b in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log))
+    return dict(cubin=cubin, log=log, regs=regs, spills=spills, warnings=[w for w in HOPPER_WARNINGS if w in log])
+
+
+def _mask_operands(fns: dict) -> dict:
+    """The same instructions with constant-bank offsets and relocated symbol names masked."""
+    def one(i):
+        i = re.sub(r"c\[0x[0-9a-f]+\]\[0x[0-9a-f]+\]", "c[*][*]", i)
+        return re.sub(r"\(\s*[A-Za-z_$.][\w$.]*\s*\)", "(*)", i)
+    return {name: [one(i) for i in body] for name, body in fns.items()}
+
+
+def hopper_check(stem: str, defines: tuple, base_dir: Path, out_dir: Path) -> dict:
+    old = hopper_build(base_dir / "kernels", stem, defines, out_dir, "old")
+    new = hopper_build(ROOT / "kernels", stem, defines, out_dir, "new")
+    old_fns, new_fns = functions(sass_of(old["cubin"])), functions(sass_of(new["cubin"]))
+    diffs = [(n, list(difflib.unified_diff(old_fns.get(n, []), new_fns.get(n, []), "old", "new", n=1, lineterm="")))
+             for n in sorted(set(old_fns) | set(new_fns)) if old_fns.get(n) != new_fns.get(n)]
+    masked_o, masked_n = _mask_operands(old_fns), _mask_operands(new_fns)
+    operands_only = bool(diffs) and all(masked_o.get(n) == masked_n.get(n) for n, _ in diffs)
+    changed = sum(sum(1 for line in d if line[:1] in "+-" and line[:3] not in ("+++", "---")) for _, d in diffs)
+    return dict(id=stem + "".join(f" -D{d}" for d in defines), old=old, new=new, diffs=diffs, changed=changed,
+                operands_only=operands_only, instructions=(sum(map(len, old_fns.values())),
+                                                           sum(map(len, new_fns.values()))))
+
+
+def hopper_main(args) -> int:
+    only = [k for k in args.only.split(",") if k]
+    jobs = [(s, d) for s, d in HOPPER_BUILDS if not only or s in only]
+    base = args.base if args.base != BASE else "HEAD"
+    with tempfile.TemporaryDirectory(prefix="sass-identity-hopper-") as tmp:
+        base_dir, out_dir = Path(tmp) / "base", Path(tmp) / "cubins"
+        base_dir.mkdir()
+        out_dir.mkdir()
+        blob = subprocess.run(["git", "-C", str(ROOT), "archive", base, "kernels"], check=True,
+                              capture_output=True).stdout
+        with tarfile.open(fileobj=BytesIO(blob)) as tar:
+            tar.extractall(base_dir, filter="data")
+        with ThreadPoolExecutor(args.j) as pool:
+            rows = list(pool.map(lambda j: hopper_check(j[0], j[1], base_dir, out_dir), jobs))
+    w = max(len(r["id"]) for r in rows)
+    print(f"SASS at {base} vs the working tree (nvcc sm_90a; instructions, registers old/new per entry, spills, "
+          f"result)")
+    print(f"{'build':<{w}}  {'instructions':>12}  {'registers':>16}  {'spills':>6}  result")
+    failed = []
+    for r in rows:
+        if not r["diffs"]:
+            verdict = "identical"
+        elif r["operands_only"]:
+            verdict = f"differs only in symbol/address operands ({r['changed']} lines)"
+        else:
+            verdict = f"DIFFERS by {r['changed']} lines"
+            failed.append(r["id"])
+        if r["new"]["spills"] or r["new"]["warnings"]:
+            verdict += f"; spills {r['new']['spills']} B, warnings {r['new']['warnings']}"
+            failed.append(r["id"])
+        regs = ",".join(f"{r['old']['regs'].get(e, '-')}/{n}" for e, n in sorted(r["new"]["regs"].items()))
+        n = r["instructions"]
+        count = str(n[1]) if n[0] == n[1] else "%d→%d" % n
+        print(f"{r['id']:<{w}}  {count:>12}  {regs:>16}  {r['new']['spills']:>6}  {verdict}")
+        if args.show and r["diffs"]:
+            for name, diff in r["diffs"]:
+                print(f"--- {r['id']}: function {name}")
+                print("\n".join(diff))
+    print(f"{len(rows) - len(set(failed))}/{len(rows)} builds as expected" +
+          (f"; unexpected: {', '.join(dict.fromkeys(failed))}" if failed else ""))
+    return 1 if failed else 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--base", default=BASE, help="baseline commit (default %(default)s)")
+    ap.add_argument("--base", default=BASE, help="baseline commit (default %(default)s; HEAD for --family hopper)")
+    ap.add_argument("--family", choices=("registry", "hopper"), default="registry",
+                    help="the registry's ids (default) or kernels/hopper/'s sm_90a builds")
     ap.add_argument("--only", default="", help="comma-separated ids (default: every id)")
     ap.add_argument("--show", action="store_true", help="print the instruction diffs")
     ap.add_argument("-j", type=int, default=8, help="parallel compiles")
     ap.add_argument("--compiler", choices=("nvcc", "nvrtc"), default="nvcc",
                     help="nvcc -cubin (the CPU path, default) or NVRTC (the path kernels run from)")
     args = ap.parse_args(argv)
+    if args.family == "hopper":
+        return hopper_main(args)
     ids = [k for k in args.only.split(",") if k] or [s.id for s in kernels.all_specs()]
     with tempfile.TemporaryDirectory(prefix="sass-identity-") as tmp:
         base_dir, out_dir = Path(tmp) / "base", Path(tmp) / "cubins"

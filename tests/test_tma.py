@@ -113,7 +113,8 @@ def _build(stem, defines, tmp_path):
 
 
 BUILDS = [(s, ()) for s in HOPPER_KERNELS] + [(s, ("WATCHDOG",)) for s in sorted(HAS_MBARRIERS)] + [
-    ("flashcore_hopper", ("NUM_CONSUMERS=2",)), ("flashcore_hopper", ("EXP2_FMA_EVERY=4",))]
+    ("flashcore_hopper", ("NUM_CONSUMERS=2",)), ("flashcore_hopper", ("EXP2_FMA_EVERY=4",)),
+    ("flashcore_hopper", ("WATCHDOG", "FAULT_SKIP_RELEASE"))]   # the watchdog demo's fault build
 
 
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not installed")
@@ -159,3 +160,65 @@ def test_protocol_simulation_catches_a_short_empty_count():
             dev.simulate_protocol(consumers=3, stages=2, n_work=2, n_kv=5, seed=1, steps=20000)
     finally:
         dev._Mbarrier = orig
+
+
+# ------------------------------------------------------------------------------------------------ exported symbols
+def geometry_from_cubin(cubin, entry):
+    """The kernel's ``<entry>_geometry[4]`` (threads, rows per CTA, Q box rows, K/V box rows) read from a cubin's
+    symbol table, or None: :func:`flashcore.compile.smem_bytes_from_cubin`'s ELF reading, for a 16-byte symbol."""
+    import struct
+
+    data = Path(cubin).read_bytes()
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, _ = struct.unpack_from("<HHH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    want = f"{entry}_geometry".encode()
+    for _, sh_type, _, _, offset, size, link, _, _, entsize in sections:
+        if sh_type != 2:                                   # SHT_SYMTAB
+            continue
+        strtab = sections[link][4]
+        for i in range(size // (entsize or 24)):
+            st_name, _, _, st_shndx, st_value, st_size = struct.unpack_from("<IBBHQQ", data, offset + i * 24)
+            name = data[strtab + st_name:data.index(b"\0", strtab + st_name)]
+            if name == want and st_size == 16 and 0 < st_shndx < len(sections):
+                return list(struct.unpack_from("<iiii", data, sections[st_shndx][4] + st_value))
+    return None
+
+
+GEOMETRY_BUILDS = [("hopper_01_wgmma", ()), ("hopper_02_tma", ()), ("hopper_03_warpspec", ()),
+                   ("hopper_04_overlap", ()), ("flashcore_hopper", ()), ("flashcore_hopper@c2", ("NUM_CONSUMERS=2",))]
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc not installed")
+@pytest.mark.parametrize("kid,defines", GEOMETRY_BUILDS, ids=[k for k, _ in GEOMETRY_BUILDS])
+def test_exported_geometry_and_smem_match_the_spec(kid, defines, tmp_path):
+    """<entry>_geometry[4] is what flashcore/specs/hopper.py launches with; <entry>_smem_bytes[2] is there (no split:
+    both equal); no __constant__ symbol is left (each would cost every launch ~0.15 µs)."""
+    from flashcore.compile import smem_bytes_from_cubin
+    from flashcore.specs import hopper
+
+    stem = kid.split("@")[0]
+    rc, log, cubin = _build(stem, defines, tmp_path)
+    assert rc == 0, log
+    want = (hopper.KNOB_GEOMETRY.get(kid) or hopper.GEOMETRY[stem]).as_list()
+    assert geometry_from_cubin(cubin, stem) == want
+    smem = smem_bytes_from_cubin(cubin, stem)
+    assert smem is not None and smem[0] == smem[1] > 0, smem
+    assert "__constant__" not in (REPO / "kernels" / "hopper" / f"{stem}.cu").read_text()
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc not installed")
+def test_probe_exports_its_smem_bytes(tmp_path):
+    from flashcore.compile import smem_bytes_from_cubin
+
+    rc, log, cubin = _build("probe_wgmma_tma", (), tmp_path)
+    assert rc == 0, log
+    assert smem_bytes_from_cubin(cubin, "probe_wgmma_tma") == (8192 + 16384 + 1024 + 64,) * 2
+
+
+def test_fault_skip_release_needs_the_watchdog(tmp_path):
+    """A fault build without WATCHDOG would hang the GPU: it must not compile."""
+    if _nvcc() is None:
+        pytest.skip("nvcc not installed")
+    rc, log, _ = _build("flashcore_hopper", ("FAULT_SKIP_RELEASE",), tmp_path)
+    assert rc != 0 and "FAULT_SKIP_RELEASE without WATCHDOG" in log

@@ -17,6 +17,7 @@ CHAPTERS = {
     "02_v11_deadlock": "v11",
     "03_v8_optimization": "v8",
     "04_results": "results",
+    "05_hopper": "hopper",
 }
 
 

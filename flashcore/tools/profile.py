@@ -34,6 +34,9 @@ METRICS = {
     "tensor_pipe_pct": ["sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active",
                         "sm__inst_executed_pipe_tensor_op_hmma.avg.pct_of_peak_sustained_active",
                         "sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active"],
+    "xu_pipe_pct": ["sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active"],      # MUFU: exp2
+    "fma_pipe_pct": ["sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active"],
+    "alu_pipe_pct": ["sm__pipe_alu_cycles_active.avg.pct_of_peak_sustained_active"],
     "issue_active_pct": ["sm__inst_issued.avg.pct_of_peak_sustained_active",
                          "smsp__issue_active.avg.pct_of_peak_sustained_active"],
     "dram_bytes": ["dram__bytes.sum"],

@@ -27,6 +27,8 @@ EVIDENCE = {
     "BAR": r"\bBAR\.",                   # block barriers
     "MUFU.EX2": r"\bMUFU\.EX2\b",        # exp2 on the special function unit
     "SYNCS": r"\bSYNCS\.",               # mbarrier operations (Hopper)
+    "UTMALDG": r"\bUTMALDG\.",           # TMA tensor loads (Hopper)
+    "USETMAXREG": r"\bUSETMAXREG\.",     # setmaxnreg: a warpgroup gives registers back or takes them
     "LDL": r"\bLDL(\.|\b)",              # local memory (spills or indexed arrays)
     "STL": r"\bSTL(\.|\b)",
 }

@@ -19,11 +19,9 @@
 // header, then 20 ints per (CTA, warp) slot, slot = cta * 16 + warp) and the kernel returns instead of hanging.
 #pragma once
 
-namespace hopper {
+#include "common/smem.cuh"  // smem_u32: the shared-window address every barrier here is named by
 
-__device__ __forceinline__ unsigned smem_u32(const void* p) {
-    return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
+namespace hopper {
 
 __device__ __forceinline__ void mbarrier_init(unsigned bar, unsigned expected_arrivals) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(expected_arrivals) : "memory");

@@ -9,12 +9,14 @@
 #include <cuda_fp16.h>
 
 #include "common/mbarrier.cuh"
+#include "common/smem.cuh"
 #include "common/tma.cuh"
 #include "common/wgmma.cuh"
 
 using namespace hopper;
 
-extern "C" __constant__ int probe_wgmma_tma_smem_bytes = 8192 + 16384 + 1024 + 64;
+constexpr int SMEM_BYTES = 8192 + 16384 + 1024 + 64;   // A, B (or V), slack to align to 1024, the mbarrier
+extern "C" __device__ int probe_wgmma_tma_smem_bytes[2] = {SMEM_BYTES, SMEM_BYTES};
 
 __device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw) {
     return raw + ((1024 - (smem_u32(raw) & 1023)) & 1023);
