@@ -32,7 +32,7 @@ DEFAULTS = dict(
     samples=30, grid_samples=12,
     watchdog_shapes=[[1, 2, 300, 300], [2, 3, 1000, 777], [1, 1, 77, 4000]], watchdog_cycles=200_000_000,
     fault_shape=[1, 2, 300, 1000],         # > STAGES key tiles per CTA: the skipped release must be needed
-    sanitize_shapes="1,2,200,64;1,2,100,64,300", ncu=True, sanitize=True, triton=True)
+    budget_s=None, sanitize_shapes="1,2,200,64;1,2,100,64,300", ncu=True, sanitize=True, triton=True)
 
 # What each rung's header predicted before it ran (kernels/hopper/*.cu): TFLOP/s at the compute-bound shape, µs at
 # the mission shape, and the Nsight Compute metrics its idea should move (the main one first).

@@ -114,6 +114,12 @@ def measure(run, params: dict) -> None:
     """The chapter's record: checks and timings of the ladder, the knobs and the peers; the crossover grid; the
     watchdog and fault runs; ptxas and SASS; sanitizers; Nsight Compute."""
     p = dict(DEFAULTS, **params)
+    t_start = time.time()
+    budget = p.get("budget_s")             # seconds the whole measure may take (None: no limit)
+
+    def left() -> float:
+        return float("inf") if not budget else budget - (time.time() - t_start)
+
     samples = int(p["samples"])
     reg = {s.id: s for s in kernels.all_specs()}
     rung_ids = [i for i in RUNGS if i in reg]
@@ -174,18 +180,23 @@ def measure(run, params: dict) -> None:
 
     # 5. compute-sanitizer: all four tools on the library kernel, memcheck and racecheck on the other rungs.
     ok = [i for i in rung_ids if i not in errors]
-    if p.get("sanitize", True) and ok:
+    skipped = run.extra.setdefault("skipped", {})
+    if p.get("sanitize", True) and ok and left() < 150:
+        skipped["sanitize"] = f"{left():.0f} s of the budget left"
+    elif p.get("sanitize", True) and ok:
         jobs = [(SANITIZER_TOOLS, [i for i in ok if i == LIBRARY]), (RUNG_TOOLS, [i for i in ok if i != LIBRARY])]
         summaries = []
         for tools, ids in jobs:
             if ids:
                 summaries += phase(f"sanitize {','.join(tools)}", sanitize.run_jobs, tools, ids,
-                                   p["sanitize_shapes"], timeout=SANITIZER_TIMEOUT_S) or []
+                                   p["sanitize_shapes"], timeout=int(min(SANITIZER_TIMEOUT_S, left() / 2))) or []
         run.extra["sanitizer"] = [{k: v for k, v in s.items() if k != "per_launch"} for s in summaries]
         run.extra["sanitizer_verdicts"] = sanitizer_verdicts(summaries)
 
     # 6. Nsight Compute at the compute-bound shape: every rung and the v8 library kernel (one report).
-    if p.get("ncu", True) and ok:
+    if p.get("ncu", True) and ok and left() < 90:
+        skipped["ncu"] = f"{left():.0f} s of the budget left"
+    elif p.get("ncu", True) and ok:
         big = ",".join(str(int(x)) for x in p["big"])
         phase("ncu", profile_rungs, run, ok + [V8_LIBRARY], big)
 
