@@ -22,11 +22,17 @@ The first call with a layout — shapes, strides, dtypes, device, pointer alignm
 (:mod:`flashcore.validate`), validates them (clear errors, nothing launched), picks the kernel
 (:func:`flashcore.dispatch.choose`, a pure function), compiles its build once per process and device
 (:func:`flashcore.compile.load_kernel`, under a lock: many threads, one compile) and prepares the launch
-(:mod:`flashcore.launch`: grid, block, shared memory, packed constant arguments). It caches all of that under a key
+(:mod:`flashcore.launch`: grid, block, shared memory, packed constant arguments; for ``flashcore_hopper``, the
+Hopper kernel the rule picks for large fp16 / D = 64 / non-causal problems on sm_90, also the three TMA map layouts,
+checked once). It caches all of that under a key
 of the tensors' metadata. Every later call with the same key builds the key, allocates the output, and launches:
 no validation, no dispatch, no record or file read, no per-call argument boxing (``book/library.md`` shows what a
 call costs, from the library record). A changed stride, dtype, alignment, device or flag is another key, so it is
-validated afresh.
+validated afresh. The Hopper kernel's TMA maps embed the tensors' addresses: its prepared launch re-encodes a map
+only when that tensor's pointer differs from the last call's (one driver call, no allocation), so a loop over the
+same buffers encodes nothing; its requirements (contiguous, 16-byte-aligned bases) are the library's own, checked
+with the layout (the key holds each pointer's alignment): a misaligned or strided input is copied, or with
+``copy=False`` refused with an error naming the rule — never a map of the wrong memory.
 
 Under ``torch.compile`` the call goes through the PyTorch operator ``torch.ops.flashcore.attention``
 (:mod:`flashcore.torch_op`, with a fake implementation for tracing); eager calls do not pay that dispatch.
@@ -190,6 +196,7 @@ def route(plan: Plan, kernel: Optional[str] = None, unverified: Optional[bool] =
     else:
         spec = kernels.get(kernel)
         problem = dispatch.unsupported(spec, features, unverified) or \
+            dispatch.device_problem(spec, _device_rule_input(dev)) or \
             dispatch.launch_problem(spec, plan.bh, plan.S_q, plan.S_kv, _device_facts(dev)[0])
         if problem:
             raise NoKernelError(f"kernel={kernel!r} cannot run B={plan.B}, H={plan.H}, H_kv={plan.H_kv}, "
@@ -266,9 +273,11 @@ def _plan(q, k, v, is_causal, scale, enable_gqa, copy, grad_enabled, fake=False)
 def _new_call(plan: Plan, kernel: Optional[str], dtype, device) -> _Call:
     if plan.empty:
         return _Call(plan, None, None, dtype, device)
+    from .launch import preparable
+
     r = route(plan, kernel)
     launcher = _launcher(r.spec.id, plan.device_index, r.defines)
-    if r.spec.extra_args is None:
+    if preparable(r.spec):                   # no extra args, or only TMA maps (flashcore_hopper): packed once
         return _Call(plan, r, _prepare(launcher, plan, r.kernel_scale, r.kv_group), dtype, device, prepared=True)
     return _Call(plan, r, launcher, dtype, device)
 

@@ -4,7 +4,7 @@
     python -m flashcore check   <kernel>[,<kernel>…] --shape B,H,S,D[,S_kv][;…]   # fp64 check, writes a record
     python -m flashcore bench   <kernel>[,<kernel>…] --shape …  [--peers sdpa_cudnn,sdpa_flash] [--samples 50]
     python -m flashcore profile <kernel> --shape …  [--set full | --sections SpeedOfLight,WarpStateStats]
-    python -m flashcore sweep   [--quick] [--cases 200] [--tools memcheck,…]    # the library's fuzz + sanitizer
+    python -m flashcore sweep   [--quick] [--cases 200] [--tools memcheck,…] [--kernels id,id] [--sanitize id,id]
     python -m flashcore library [--param calls=300]                # the call's eager cost, checks, features
     python -m flashcore live    <notebook> [--param S=1024]      # one chapter's live measurements, no Jupyter
 
@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", type=float, default=None, help="seconds the sweep may take (default 540, quick 200)")
     s.add_argument("--workers", type=int, default=8, help="compute-sanitizer processes at a time")
     s.add_argument("--smoke-kernel", default=None, help="kernel for the library-call smoke test")
+    s.add_argument("--kernels", default=None, metavar="ID,ID", dest="fuzz_kernels",
+                   help="kernels to fuzz (default: flashcore and the Triton peer); a Hopper kernel is fuzzed through "
+                        "the call forced to it (kernel=<id>), over the library-level features that reach it")
+    s.add_argument("--sanitize", default=None, metavar="ID,ID", dest="sanitize_kernels",
+                   help="kernels to run compute-sanitizer on (default: every registered kernel; empty: none)")
     s.add_argument("--no-progress", action="store_true")
     lb = sub.add_parser("library", help="the library call as users meet it: eager cost vs SDPA, torch.compile, "
                                         "CUDA graphs, threads, devices, features vs cuDNN — one record")
@@ -146,6 +151,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         from .tools.sanitize import TOOLS
 
         args.tools = [t for t in args.tools.split(",") if t] if args.tools else None
+        known = {sp.id for sp in kernels.all_specs()} | {"triton_attention"}
+        for flag, dest in (("kernels", "fuzz_kernels"), ("sanitize", "sanitize_kernels")):
+            raw = getattr(args, dest)
+            ids = None if raw is None else [k.strip() for k in raw.split(",") if k.strip()]
+            bad = [k for k in ids or () if k not in known]
+            if bad:
+                ap.error(f"--{flag}: unknown kernel {', '.join(bad)}")
+            if flag == "kernels" and ids is not None and not ids:
+                ap.error("--kernels: no kernel given")
+            if flag == "sanitize" and "triton_attention" in (ids or ()):
+                ap.error("--sanitize: triton_attention is not a registered CUDA kernel")
+            setattr(args, "fuzz_ids" if flag == "kernels" else "sanitize_ids", ids)
         for t in args.tools or ():
             if t not in TOOLS:
                 ap.error(f"--tools: {t!r} is not one of {', '.join(TOOLS)}")
@@ -398,6 +415,7 @@ def _sweep(args) -> int:
 
     path, verdict = sweep.run_sweep(quick=args.quick, cases=args.cases, tools=args.tools, seed=args.seed,
                                     progress=not args.no_progress, smoke_kernel=args.smoke_kernel,
+                                    fuzz_ids=args.fuzz_ids, sanitize_ids=args.sanitize_ids,
                                     budget=args.budget or (200 if args.quick else 540), workers=args.workers)
     rec = records.load(path)
     print(f"recorded {path}")

@@ -52,6 +52,14 @@ LABELS = {
     "v8_10_mbarrier_combine": "10 mbarrier combine",
     "flashcore": "flashcore",
     "flashcore_hopper": "flashcore (Hopper)",
+    # chapter 5
+    "hopper_01_wgmma": "H01 wgmma",
+    "hopper_02_tma": "H02 TMA",
+    "hopper_03_warpspec": "H03 warp-specialised",
+    "hopper_04_overlap": "H04 overlap",
+    "flashcore_hopper@c2": "flashcore (Hopper), 2 consumers",
+    "flashcore_hopper@exp4": "flashcore (Hopper), ¼ exp2 on FMA",
+    "flashcore_hopper@s2": "flashcore (Hopper), 2 stages",
 }
 
 

@@ -88,6 +88,11 @@ def _fake_launch_kernel(f, gx, gy, gz, bx, by, bz, smem, stream, params, extra):
     return None
 
 
+def _fake_encode_tiled(out, dtype, rank, ptr, dims, strides, box, estr, interleave, swizzle, l2, oob):
+    """Stands in for cuTensorMapEncodeTiled (the Hopper kernel's TMA maps): writes nothing, succeeds."""
+    return 0
+
+
 @contextlib.contextmanager
 def fake_gpu(sms: int = 132, sm: int = 90):
     """The real library call on the CPU with the GPU faked: CPU tensors pass as the device's, a kernel 'compiles'
@@ -111,7 +116,7 @@ def fake_gpu(sms: int = 132, sm: int = 90):
 
     def cuda_calls():
         return (counted_launch if state.get("count") else _fake_launch_kernel), (lambda: 1), \
-            (lambda device: contextlib.nullcontext())
+            (lambda device: contextlib.nullcontext()), _fake_encode_tiled
 
     def fake_prepare(launcher, plan, scale, kv_group):
         return launch.prepare(launcher, plan.bh, plan.S_q, plan.S_kv, scale, kv_group, cuda_calls=cuda_calls)

@@ -752,8 +752,8 @@ def hopper_ws(stages: int = 2, consumers: int = 2, tiles: int = 3, producer_thre
               k_bytes: int = KV_TILE_BYTES, v_bytes: int = KV_TILE_BYTES, head_dim: int = 64, load_q: bool = True,
               expect_bytes: Optional[int] = None, full_count: Optional[int] = None,
               empty_count: Optional[int] = None, producer_start_parity: int = 1, overlap: bool = False,
-              consumer_warps: int = 1, warpgroup_sync: bool = True, name: str = "hopper_ws",
-              note: str = "") -> Model:
+              consumer_warps: int = 1, warpgroup_sync: bool = True, per_warp_release: bool = False,
+              name: str = "hopper_ws", note: str = "") -> Model:
     """Chapter 5's warp-specialized TMA pipeline: one producer warp, ``consumers`` consumer warpgroups, a ring of
     ``stages`` K/V stages, ``tiles`` key tiles; correct with the defaults, and each keyword can put one bug back.
 
@@ -776,9 +776,14 @@ def hopper_ws(stages: int = 2, consumers: int = 2, tiles: int = 3, producer_thre
     arrives on empty[s], after a named barrier over the warpgroup when ``warpgroup_sync`` (without it, the arrival
     means only that warp 0 is done: ``wgmma.wait_group`` waits for this warp only). 2 (warp 0 apart from warps 1-3)
     stays small: 18 623 states at 2 stages, 2 consumers, 3 tiles; 4 passes two million states there.
+    ``per_warp_release``: the kernels' own release (kernels/hopper/hopper_tile.cuh users): no warpgroup barrier;
+    lane 0 of EVERY consumer warp arrives once on empty[s] after that warp's wgmma.wait_group, and empty[s] expects
+    4 arrivals per consumer warpgroup (a process standing for n warps arrives n times).
     """
     full_count = producer_threads if full_count is None else full_count
-    empty_count = consumers if empty_count is None else empty_count
+    if per_warp_release:
+        warpgroup_sync = False
+    empty_count = (consumers * (4 if per_warp_release else 1)) if empty_count is None else empty_count
     expect_bytes = k_bytes + v_bytes if expect_bytes is None else expect_bytes
     q_bytes = consumers * Q_ROWS_PER_WARPGROUP * head_dim * 2
     barriers: Dict[str, int] = {}
@@ -818,8 +823,12 @@ def hopper_ws(stages: int = 2, consumers: int = 2, tiles: int = 3, producer_thre
             def release(i: int, compute: str):
                 s, _ = slot(i)
                 stage = (f"K[{s}]", f"V[{s}]")
-                if consumer_warps == 1:             # the warpgroup's reads end with its one arrival
-                    prog.extend([("work", compute), ("mbar_arrive", f"empty[{s}]", 1, stage)])
+                if consumer_warps == 1:             # the warpgroup's reads end with its one arrival (or its 4 warps')
+                    prog.extend([("work", compute), ("mbar_arrive", f"empty[{s}]", 4 if per_warp_release else 1,
+                                                      stage)])
+                    return
+                if per_warp_release:                # every warp: its own reads end, then its own arrival
+                    prog.extend([("work", compute, stage), ("mbar_arrive", f"empty[{s}]", threads // 32, ())])
                     return
                 prog.append(("work", compute, stage))       # this warp's wgmma.wait_group: its reads are over
                 if warpgroup_sync:
@@ -848,7 +857,7 @@ def hopper_ws(stages: int = 2, consumers: int = 2, tiles: int = 3, producer_thre
     protocol = dict(stages=stages, consumers=consumers, tiles=tiles, producer_threads=producer_threads,
                     full_expected_arrivals=full_count, full_expected_tx_bytes=expect_bytes,
                     bytes_delivered_per_stage=k_bytes + v_bytes, empty_expected_arrivals=empty_count,
-                    empty_arrivals_per_consumer_warpgroup=1,
+                    empty_arrivals_per_consumer_warpgroup=4 if per_warp_release else 1,
                     q_full_expected_arrivals=producer_threads if load_q else None,
                     q_bytes=q_bytes if load_q else None,
                     producer_empty_parity=f"{producer_start_parity} XOR ((i / stages) & 1)",
@@ -858,7 +867,9 @@ def hopper_ws(stages: int = 2, consumers: int = 2, tiles: int = 3, producer_thre
     block = WARPGROUP * (consumers + 1)
     if not note:
         note = (f"full[s] expects {full_count} arrival(s) + {expect_bytes} B (copies deliver {k_bytes + v_bytes} B); "
-                f"empty[s] expects {empty_count} (one per consumer warpgroup: {consumers}); producer starts on "
+                f"empty[s] expects {empty_count} ("
+                f"{'one per consumer warp: 4 × ' if per_warp_release else 'one per consumer warpgroup: '}{consumers}); "
+                f"producer starts on "
                 f"parity {producer_start_parity}; {stages} stages, {tiles} key tiles, block of {block} threads")
     return Model(name, procs, barriers, stages=stages, block_threads=block, note=note, buffers=buffers,
                  protocol=protocol)

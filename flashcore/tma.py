@@ -11,6 +11,9 @@ A Hopper kernel here (``kernels/hopper/*.cu``) loads Q, K and V with ``cp.async.
   ``libcuda`` when cuda-bindings is missing) into a numpy scalar of :data:`TMA_MAP_DTYPE` (128 bytes), which CuPy
   passes by value.
 * :func:`hopper_extra_args` — the maps a Hopper kernel takes after the common ABI: ``(tma_q, tma_k, tma_v)``.
+* :class:`MapEncoder` / :func:`encode_into` — encode a map straight into 128 bytes at a given address (the prepared
+  launch's argument block, :class:`flashcore.launch.PreparedTmaLaunch`): ``cuTensorMapEncodeTiled`` through
+  ``ctypes`` with the layout's arrays built once, so re-encoding for a new base pointer costs one driver call.
 * :func:`hopper_grid` — pure: the grid of a Hopper kernel from its exported constants and the shape.
 
 A map embeds the tensor's address: a new buffer needs a new map (a CUDA graph keeps the maps it was captured with).
@@ -28,6 +31,8 @@ MAX_BOX_ROWS = 256
 MAX_DIM = 1 << 32
 MAX_STRIDE = 1 << 40
 BASE_ALIGN = 16
+MAP_BYTES = 128                   # sizeof(CUtensorMap)
+MAP_ALIGN = 64                    # alignof(CUtensorMap): its place in the kernel parameters and in host memory
 SMEM_ALIGN = 1024                 # a 128-byte-swizzled destination must be 1024-byte aligned (the kernels align)
 
 # cuda.h enum values (CUtensorMapDataType, …Interleave, …Swizzle, …L2promotion, …FloatOOBfill)
@@ -154,6 +159,63 @@ def _encode_ctypes(ptr: int, lay: MapLayout):
     return list(out)
 
 
+_ENCODE_TILED = []                # libcuda's cuTensorMapEncodeTiled, loaded once
+
+
+def encode_tiled_fn():
+    """``cuTensorMapEncodeTiled`` from ``libcuda`` as a ctypes function (loaded once per process; OSError without a
+    driver). Its arguments: (CUtensorMap* out, dtype, rank, void* base, u64 dims[], u64 strides[], u32 box[],
+    u32 element_strides[], interleave, swizzle, l2 promotion, oob fill) → CUresult."""
+    if not _ENCODE_TILED:
+        import ctypes
+
+        fn = ctypes.CDLL("libcuda.so.1").cuTensorMapEncodeTiled
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p,
+                       ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int]
+        _ENCODE_TILED.append(fn)
+    return _ENCODE_TILED[0]
+
+
+class MapEncoder:
+    """Encodes the map of one layout into the 128 bytes at ``addr`` (64-byte aligned, owned by the caller), for any
+    base pointer: ``encoder(ptr)``. The layout's dims, strides and box are ctypes arrays built once; a call checks
+    the base's 16-byte alignment (TMA's rule: a clear :class:`TmaError`, never a garbage map) and calls the driver.
+    ``encode_tiled``: the driver function (default :func:`encode_tiled_fn`; the CPU tests pass a fake)."""
+
+    __slots__ = ("layout", "addr", "_fn", "_args", "_keep")
+
+    def __init__(self, addr: int, lay: MapLayout, encode_tiled=None):
+        import ctypes
+
+        if addr % 64:
+            raise TmaError(f"a CUtensorMap must be 64-byte aligned, got address 0x{addr:x}")
+        self.layout = lay
+        self.addr = int(addr)
+        self._fn = encode_tiled if encode_tiled is not None else encode_tiled_fn()
+        rank = len(lay.global_dim)
+        arrays = ((ctypes.c_uint64 * rank)(*lay.global_dim), (ctypes.c_uint64 * (rank - 1))(*lay.global_strides),
+                  (ctypes.c_uint32 * rank)(*lay.box_dim), (ctypes.c_uint32 * rank)(*lay.element_strides))
+        self._keep = arrays                                  # the addresses below point into these
+        self._args = (rank,) + tuple(ctypes.addressof(a) for a in arrays)
+
+    def __call__(self, ptr: int) -> None:
+        if ptr & (BASE_ALIGN - 1):
+            raise TmaError(f"TMA needs a {BASE_ALIGN}-byte aligned base address; this tensor starts at 0x{ptr:x} "
+                           f"(offset {ptr % BASE_ALIGN} bytes): pass a fresh contiguous tensor (e.g. x.clone())")
+        rank, dims, strides, box, estr = self._args             # plain ints: ctypes converts nothing else
+        err = self._fn(self.addr, DTYPE_FLOAT16, rank, ptr, dims, strides, box, estr, INTERLEAVE_NONE,
+                       SWIZZLE_128B, L2_PROMOTION_256B, OOB_FILL_ZERO)
+        if err != 0:
+            raise TmaError(f"cuTensorMapEncodeTiled refused {self.layout} at 0x{ptr:x}: CUresult {err}")
+
+
+def encode_into(addr: int, ptr: int, lay: MapLayout, encode_tiled=None) -> None:
+    """Encode the map of ``lay`` at base ``ptr`` into the 128 bytes at ``addr`` (64-byte aligned)."""
+    MapEncoder(addr, lay, encode_tiled)(ptr)
+
+
 ENCODER = {"used": None}          # which path encoded the last map ("cuda.bindings" or "ctypes")
 
 
@@ -222,4 +284,4 @@ def __getattr__(name):            # TMA_MAP_DTYPE without importing numpy at mod
 
 
 __all__ = ["TmaError", "MapLayout", "map_layout", "check_addressable", "tensor_map", "hopper_extra_args",
-           "hopper_grid", "encode", "ENCODER", "TMA_MAP_DTYPE", "watchdog_slots", "map_words"]
+           "hopper_grid", "encode", "encode_into", "MapEncoder", "encode_tiled_fn", "ENCODER", "TMA_MAP_DTYPE", "watchdog_slots", "map_words"]

@@ -195,7 +195,7 @@ def test_api_rejects_before_launch():
         api.attention(q, q, q)
     with pytest.raises(TypeError, match=r"q must be a torch\.Tensor or a cupy\.ndarray, got builtins\.list"):
         api.attention([1], q, q)
-    with pytest.raises(TypeError, match=r"k\.dtype must be torch\.float16, got torch\.float32"):
+    with pytest.raises(TypeError, match=r"k\.dtype must be torch\.float16 or torch\.bfloat16, got torch\.float32"):
         api.attention(q, q.float(), q)
     np = pytest.importorskip("numpy")
     with pytest.raises(TypeError, match="numpy"):
@@ -234,7 +234,7 @@ def test_dispatch_is_a_pure_function_of_shape_and_device(tmp_path, monkeypatch):
     monkeypatch.setattr("flashcore.paths.RUNS_DIR", tmp_path)          # an empty runs/ changes nothing
     monkeypatch.setattr(records, "RUNS_DIR", tmp_path)
     assert dispatch.choose(1, 8, 512, 512, dispatch.Device(90, 132)) == a
-    assert a.kernel == dispatch.LIBRARY_KERNEL and a.reason
+    assert a.kernel == dispatch.rule_pick(1, 8, 512, 512, 132) == dispatch.TMA_KERNEL and a.reason
     import inspect
 
     src = inspect.getsource(dispatch)
@@ -264,7 +264,11 @@ def test_grid_limit():
 
 def test_route_table_rows():
     rows = dispatch.route_table()
-    assert {r["kernel"] for r in rows} == {dispatch.LIBRARY_KERNEL}
+    assert {r["kernel"] for r in rows} >= {dispatch.LIBRARY_KERNEL, dispatch.TMA_KERNEL}
+    for r in rows:                                       # each row is the shape rule's pick (fp16, D=64, sm_90)
+        assert r["kernel"] == dispatch.rule_pick(r["B"], r["H"], r["S_q"], r["S_kv"], 132), r
+    big = dispatch.route_table(lengths=(8192,), B=4, H=16, cross=())      # 4.4 TFLOP, fill 0.94
+    assert [r["kernel"] for r in big] == [dispatch.HOPPER_KERNEL]
     assert any(r["S_q"] != r["S_kv"] for r in rows)
     old = dispatch.route_table(device=dispatch.Device(sm=80, num_sms=108))
     assert all(r["kernel"] is None and "9.0" in r["reason"] for r in old)
@@ -330,7 +334,7 @@ def test_control_kernels_are_not_attention():
 def test_cli_list_prints_registry_and_rule(capsys):
     text = cli.list_text([spec("a"), spec("kept", expect_failure=True)])
     assert "Registered kernels (2)" in text and "expect_failure" in text
-    assert "S_q=512    S_kv=512    → flashcore" in text
+    assert "S_q=512    S_kv=512    → hopper_02_tma" in text and "S_q=1      S_kv=8192   → flashcore" in text
     assert "none registered yet" in cli.list_text([])
     assert cli.main(["list"]) == 0 and "Dispatch rule" in capsys.readouterr().out
 

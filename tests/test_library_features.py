@@ -160,15 +160,21 @@ SPECS = {"hopper_partial": HOPPER, "flashcore": FLASH}
     (dispatch.Features(dtype="bfloat16"), "hopper_partial"),
     (dispatch.Features(head_dim=128), "flashcore"),
     (dispatch.Features(causal=True), "flashcore"),
-    (dispatch.Features(gqa=True), "flashcore"),
+    (dispatch.Features(gqa=True), "hopper_partial"),
     (dispatch.Features(dtype="bfloat16", head_dim=128, causal=True, gqa=True), "flashcore"),
 ])
 def test_a_partial_kernel_is_chosen_only_for_its_features(features, expected):
+    """Grouped heads never rule a kernel out (the library repeats k and v for one that does not map them), so a
+    GQA problem of the partial kernel's dtype / head dim / mask stays with it."""
     choice = dispatch.choose(1, 8, 512, 512, dispatch.Device(), features, specs=SPECS,
                              preference=("hopper_partial", "flashcore"))
     assert choice.kernel == expected
     if expected == "flashcore":
         assert "passed over: hopper_partial:" in choice.reason
+    if features.gqa:
+        assert ("k and v repeated over the head groups by the library" in choice.reason) is \
+            (expected == "hopper_partial")
+        assert ("grouped heads mapped in the kernel" in choice.reason) is (expected == "flashcore")
 
 
 def test_dispatch_names_why_nothing_runs():
@@ -185,37 +191,49 @@ def test_library_support_is_the_union_of_the_preference():
     assert dispatch.library_support({}, preference=("x",)) == Support()
 
 
-def test_unverified_variants_count_only_when_asked():
-    """flashcore declares the base features; its variants' features (bf16, D=128, causal) count only with
-    unverified=True — what the GPU checks pass — and validation names them as built but unverified."""
+def test_flashcore_declares_its_feature_builds():
+    """flashcore's feature builds (bf16, D = 128, causal, kernel-mapped GQA, any scale) passed their GPU check
+    (runs/h200/20261201T041412Z-sweep), so the spec declares them: dispatch takes them without any opt-in, and the
+    library's support is their union with the Hopper kernels' base set — nothing pending."""
     flash = kernels.get("flashcore")
     f = dispatch.Features(dtype="bfloat16", head_dim=128, causal=True)
-    assert dispatch.unsupported(flash, f) == "dtype bfloat16 (has float16); head dim 128 (has 64); causal masking"
-    assert dispatch.unsupported(flash, f, unverified=True) is None
-    with pytest.raises(dispatch.NoKernelError, match="flashcore: dtype bfloat16"):
-        dispatch.choose(1, 8, 512, 512, dispatch.Device(), f)
-    assert dispatch.choose(1, 8, 512, 512, dispatch.Device(), f, unverified=True).kernel == "flashcore"
-    assert dispatch.unsupported(flash, dispatch.Features(gqa=True)) is None    # grouped heads: always (repeated)
+    assert dispatch.unsupported(flash, f) is None and dispatch.unsupported(flash, f, unverified=True) is None
+    choice = dispatch.choose(1, 8, 512, 512, dispatch.Device(), f)
+    assert choice.kernel == "flashcore"
+    assert "flashcore_hopper: dtype bfloat16 (has float16); head dim 128 (has 64); causal masking" in choice.reason
+    assert dispatch.unsupported(flash, dispatch.Features(dtype="float32", head_dim=96)) == \
+        "dtype float32 (has float16, bfloat16); head dim 96 (has 64, 128)"
+    with pytest.raises(dispatch.NoKernelError, match=r"flashcore: head dim 96 \(has 64, 128\)"):
+        dispatch.choose(1, 8, 512, 512, dispatch.Device(), dispatch.Features(head_dim=96))
     s = dispatch.library_support()
-    assert (s.dtypes, s.head_dims, s.causal, s.gqa) == (("float16",), (64,), False, True)
-    assert s.pending is not None and s.pending.causal and 128 in s.pending.head_dims
-    assert dispatch.library_support(unverified=True).pending is None
+    assert (s.dtypes, s.head_dims, s.causal, s.gqa, s.pending) == (("float16", "bfloat16"), (64, 128), True, True,
+                                                                    None)
+    assert dispatch.library_support(unverified=True) == s
 
 
-@pytest.mark.parametrize("kw,pattern", [
-    (dict(dtype="bfloat16"), r"q\.dtype torch\.bfloat16: FlashCore's bfloat16 kernel variant is built but not yet "
-                             r"verified on a GPU, so the library does not run it yet; q\.dtype must be torch\.float16"),
-    (dict(shape=(1, 8, 64, 128)), r"head dimension D=128 is not supported: q\.shape\[3\] must be one of \{64\}; "
-                                  r"D=128: FlashCore's D=128 kernel variant is built but not yet verified"),
-    (dict(shape=(1, 8, 64, 96)), r"D=96 is not supported: q\.shape\[3\] must be one of \{64\} \(built, awaiting a "
-                                 r"GPU check: \{128\}\)"),
-    (dict(causal=True), r"is_causal=True: FlashCore's causal kernel variant is built but not yet verified on a GPU"),
+@pytest.mark.parametrize("kw,exc,pattern", [
+    (dict(shape=(1, 8, 64, 96)), NotImplementedError,
+     r"^head dimension D=96 is not supported: q\.shape\[3\] must be one of \{64, 128\}$"),
+    (dict(shape=(1, 8, 64, 256), dtype="bfloat16"), NotImplementedError,
+     r"^head dimension D=256 is not supported: q\.shape\[3\] must be one of \{64, 128\}$"),
+    (dict(dtype="float32"), TypeError, r"^q\.dtype must be torch\.float16 or torch\.bfloat16, got torch\.float32$"),
+    (dict(dtype="float64", shape=(1, 8, 64, 128)), TypeError,
+     r"^q\.dtype must be torch\.float16 or torch\.bfloat16, got torch\.float64$"),
 ])
-def test_unverified_features_are_refused_with_an_error_that_says_so(kw, pattern):
-    causal = kw.pop("causal", False)
+def test_what_no_build_runs_is_refused_naming_the_supported_set(kw, exc, pattern):
     d = desc(**kw)
-    with pytest.raises(NotImplementedError, match=pattern):
-        validate(d, d, d, is_causal=causal, support=dispatch.library_support())
+    with pytest.raises(exc, match=pattern):
+        validate(d, d, d, support=dispatch.library_support())
+    with pytest.raises(exc, match=pattern):
+        validate(d, d, d, is_causal=True, support=dispatch.library_support())
+
+
+@pytest.mark.parametrize("kw,causal", [(dict(dtype="bfloat16"), False), (dict(shape=(1, 8, 64, 128)), False),
+                                       (dict(), True), (dict(dtype="bfloat16", shape=(2, 8, 100, 128)), True)])
+def test_the_declared_features_pass_validation(kw, causal):
+    d = desc(**kw)
+    plan = validate(d, d, d, is_causal=causal, support=dispatch.library_support())
+    assert (plan.dtype, plan.D, plan.causal) == (d.dtype, d.shape[3], causal)
 
 
 def test_dispatch_stays_pure():
@@ -349,17 +367,10 @@ def test_the_prepared_launch_packs_the_abi(gpu, library_features):
 
 def _call_of(q, k, v, **kw):
     return api._PLANS[api._key(q, k, v, kw.get("is_causal", False), kw.get("scale"), kw.get("enable_gqa", False),
-                               True, None)]
+                               True, kw.get("kernel"))]
 
 
-def test_what_the_library_runs_today_grouped_heads(gpu, monkeypatch):
-    """GQA with the verified build: k and v repeated over the groups before the launch (fresh contiguous tensors),
-    kv_group 1, the base build (no -D flag) — and the kernel sees the repeated pointers, on every call."""
-    q, k, v = _qkv(H=8, H_kv=2)
-    flashcore.attention(q, k, v, enable_gqa=True)
-    call = _call_of(q, k, v, enable_gqa=True)
-    assert call.route.expand == 4 and call.route.kv_group == 1 and call.route.defines == ()
-    assert call.launch.args()[-1] == 1                                  # kv_group in the argument block
+def _spy_repeats(monkeypatch):
     seen = []
     repeat = torch.Tensor.repeat_interleave
 
@@ -369,10 +380,35 @@ def test_what_the_library_runs_today_grouped_heads(gpu, monkeypatch):
         return out
 
     monkeypatch.setattr(torch.Tensor, "repeat_interleave", spy)
+    return seen
+
+
+def test_grouped_heads_on_a_kernel_that_does_not_map_them_are_repeated(gpu, monkeypatch):
+    """GQA at a shape the rule gives a Hopper kernel (fp16, D = 64, not causal, sm_90): k and v repeated over the
+    groups before every launch (fresh contiguous tensors), kv_group 1, no -D flag."""
+    q, k, v = _qkv(H=8, H_kv=2)
+    assert api.kernel_for(tuple(q.shape), device=dispatch.Device(90, 132)).kernel != "flashcore"
     flashcore.attention(q, k, v, enable_gqa=True)
+    call = _call_of(q, k, v, enable_gqa=True)
+    assert call.route.spec.id in ("hopper_02_tma", "flashcore_hopper")
+    assert call.route.expand == 4 and call.route.kv_group == 1 and call.route.defines == ()
+    seen = _spy_repeats(monkeypatch)
+    flashcore.attention(q, k, v, enable_gqa=True)
+    flashcore.attention(q, k, v, enable_gqa=True)
+    assert len(seen) == 4                                              # k and v, on each call
+    assert gpu["counts"]["validate"] == 1 and gpu["loads"] == 1 and gpu["launches"] == 3
+
+
+def test_grouped_heads_pinned_to_flashcore_are_mapped_in_the_kernel(gpu, monkeypatch):
+    """kernel="flashcore": its feature build maps the groups itself — nothing repeated, kv_group in the argument
+    block, k and v's own pointers."""
+    q, k, v = _qkv(H=8, H_kv=2)
+    seen = _spy_repeats(monkeypatch)
+    flashcore.attention(q, k, v, enable_gqa=True, kernel="flashcore")
+    call = _call_of(q, k, v, enable_gqa=True, kernel="flashcore")
+    assert call.route.spec.id == "flashcore" and call.route.expand == 1 and call.route.kv_group == 4
     args = call.launch.args()
-    assert args[1] == seen[0] and args[2] == seen[1] and args[1] not in (k.data_ptr(),)
-    assert gpu["counts"]["validate"] == 1 and gpu["loads"] == 1
+    assert args[1:3] == (k.data_ptr(), v.data_ptr()) and args[-1] == 4 and not seen
 
 
 @pytest.mark.parametrize("scale,kernel_scale,negated", [
@@ -389,25 +425,41 @@ def test_what_the_library_runs_today_any_scale(gpu, scale, kernel_scale, negated
     assert (call.launch.args()[0] != q.data_ptr()) is negated
 
 
-def test_the_variants_map_heads_and_take_scales_themselves(gpu, library_features):
-    """Under unverified_variants the feature build does both in the kernel: no repeat, no negation."""
+def test_the_variants_map_heads_and_take_scales_themselves(gpu):
+    """Pinned to flashcore, its feature build does both in the kernel: no repeat, no negation."""
     q, k, v = _qkv(H=8, H_kv=2)
-    flashcore.attention(q, k, v, enable_gqa=True, scale=-0.5)
-    call = _call_of(q, k, v, enable_gqa=True, scale=-0.5)
-    assert call.route.expand == 1 and not call.route.negate_q and call.route.kv_group == 4
+    flashcore.attention(q, k, v, enable_gqa=True, scale=-0.5, kernel="flashcore")
+    call = _call_of(q, k, v, enable_gqa=True, scale=-0.5, kernel="flashcore")
+    assert call.route.spec.id == "flashcore" and call.route.expand == 1 and not call.route.negate_q and call.route.kv_group == 4
     assert call.route.defines == (("FC_FEATURES", "1"),)
     args = call.launch.args()
     assert args[:3] == (q.data_ptr(), k.data_ptr(), v.data_ptr()) and args[7] == -0.5 and args[-1] == 4
 
 
-def test_unverified_features_are_refused_by_the_call(gpu):
-    q, k, v = _qkv(dtype=torch.bfloat16)
-    with pytest.raises(NotImplementedError, match="bfloat16 kernel variant is built but not yet verified"):
+def test_the_call_routes_the_features_to_flashcore_and_refuses_the_rest(gpu):
+    """bf16, D = 128 and causal calls run without any opt-in, on flashcore's feature builds (the Hopper kernels
+    declare none of them); D = 96 and fp32 are refused naming the supported set, before anything compiles."""
+    for kw, flags in ((dict(dtype=torch.bfloat16), dict()), (dict(D=128), dict()), (dict(), dict(is_causal=True)),
+                      (dict(dtype=torch.bfloat16, D=128), dict(is_causal=True))):
+        q, k, v = _qkv(**kw)
+        out = flashcore.attention(q, k, v, **flags)
+        assert out.dtype == q.dtype and tuple(out.shape) == tuple(q.shape)
+        r = _call_of(q, k, v, **flags).route
+        assert r.spec.id == "flashcore" and ("FC_FEATURES", "1") in r.defines
+        assert (("FC_BF16", "1") in r.defines) is (q.dtype == torch.bfloat16)
+        assert (("HEAD_DIM", "128") in r.defines) is (q.shape[3] == 128)
+        assert (("FC_CAUSAL", "1") in r.defines) is bool(flags.get("is_causal"))
+    assert gpu["loads"] == 4 and gpu["launches"] == 4
+    q, k, v = _qkv(D=96)
+    with pytest.raises(NotImplementedError, match=r"D=96 is not supported: q\.shape\[3\] must be one of \{64, 128\}"):
         flashcore.attention(q, k, v)
-    q, k, v = _qkv()
-    with pytest.raises(NotImplementedError, match="causal kernel variant is built but not yet verified"):
-        flashcore.attention(q, k, v, is_causal=True)
-    assert gpu["loads"] == 0
+    q, k, v = _qkv(dtype=torch.float32)
+    with pytest.raises(TypeError, match=r"q\.dtype must be torch\.float16 or torch\.bfloat16, got torch\.float32"):
+        flashcore.attention(q, k, v)
+    q, k, v = _qkv(dtype=torch.bfloat16)
+    with pytest.raises(dispatch.NoKernelError, match=r"kernel='flashcore_hopper' cannot run .*dtype bfloat16"):
+        flashcore.attention(q, k, v, kernel="flashcore_hopper")
+    assert gpu["loads"] == 4 and gpu["launches"] == 4
 
 
 def test_empty_inputs_launch_nothing(gpu):
@@ -558,15 +610,13 @@ def test_cases_for_the_library_kernel_use_its_declared_features(monkeypatch):
     assert all("dtype" not in c for c in fuzz.cases_for("triton_attention", 20))
 
 
-def test_the_library_kernel_is_fuzzed_over_what_runs_and_on_request_what_awaits_its_check():
-    today = fuzz.cases_for("flashcore", 500)
-    assert {c["dtype"] for c in today} == {"float16"} and {c["D"] for c in today} == {64}
-    assert not any(c["causal"] for c in today)
-    assert sum(1 for c in today if c["H_kv"] != c["H"]) >= 50 and sum(1 for c in today if c["scale"] == 0) >= 10
-    assert sum(1 for c in today if (c["scale"] or 0) < 0) >= 30
-    later = fuzz.cases_for("flashcore", 500, unverified=True)
-    assert {c["dtype"] for c in later} == {"float16", "bfloat16"} and {c["D"] for c in later} == {64, 128}
-    assert sum(1 for c in later if c["causal"]) >= 100
+def test_the_library_kernel_is_fuzzed_over_its_declared_features():
+    cases = fuzz.cases_for("flashcore", 500)
+    assert {c["dtype"] for c in cases} == {"float16", "bfloat16"} and {c["D"] for c in cases} == {64, 128}
+    assert sum(1 for c in cases if c["causal"]) >= 100
+    assert sum(1 for c in cases if c["H_kv"] != c["H"]) >= 50 and sum(1 for c in cases if c["scale"] == 0) >= 10
+    assert sum(1 for c in cases if (c["scale"] or 0) < 0) >= 30
+    assert fuzz.cases_for("flashcore", 500, unverified=True) == cases          # nothing awaits a check any more
 
 
 def _stand_in(causal_override=None):
@@ -846,15 +896,34 @@ def _variants():
     return v8_mma.flashcore_variants()
 
 
-def test_the_spec_declares_what_runs_and_what_awaits_its_gpu_check():
+def test_the_spec_declares_the_feature_builds_their_record_checked():
     spec = kernels.get("flashcore")
-    assert (spec.dtypes, spec.head_dims, spec.causal, spec.gqa, spec.any_scale) == (("float16",), (64,), False,
-                                                                                     False, False)
-    assert spec.unverified == dict(dtypes=("float16", "bfloat16"), head_dims=(64, 128), causal=True, gqa=True,
-                                   any_scale=True)
+    assert (spec.dtypes, spec.head_dims, spec.causal, spec.gqa, spec.any_scale) == (("float16", "bfloat16"), (64, 128),
+                                                                                     True, True, True)
+    assert not spec.unverified
     assert spec.kv_group_arg and api.variant_defines(spec, dispatch.Build()) == ()   # the base build: no -D at all
     builds = [d for _, d in _variants()]
     assert builds[0] == () and len(set(builds)) == 9 and all(("FC_FEATURES", "1") in d for d in builds[1:])
+
+
+def test_the_feature_record_says_the_builds_passed():
+    """The record the spec cites: a 500-case fuzz of flashcore with its feature builds, every case and every
+    declared feature passed."""
+    from pathlib import Path
+
+    from flashcore.specs import v8_mma
+
+    path = Path(__file__).resolve().parent.parent / "runs" / v8_mma.FEATURES_RECORD / "run.json"
+    if not path.exists():
+        pytest.skip(f"{path} not in this checkout")
+    rec = records.load(path)
+    assert rec["params"]["unverified"] is True and "flashcore" in rec["params"]["fuzz_kernels"]
+    s = rec["extra"]["fuzz"]["flashcore"]
+    assert s["passed"] and s["failures"] == 0 and s["cases"] >= 500
+    feats = rec["extra"]["fuzz_features"]["flashcore"]
+    for tag in ("bfloat16", "D=128", "causal", "GQA", "MQA", "scale negative", "scale zero", "scale tiny",
+                "scale large", "S_q=1", "S_q≠S_kv"):
+        assert feats[tag]["cases"] > 0 and feats[tag]["failures"] == 0, tag
 
 
 @pytest.mark.skipif(not __import__("shutil").which("nvcc"), reason="nvcc not installed")

@@ -350,3 +350,25 @@ def test_pipeline_models_keep_their_record_layout():
     assert all("safety_checked" not in r for r in out.values())
     assert (out["v11"]["states"], len(out["v11"]["trace"])) == (58, 15)
     assert out["v11_fixed"]["states"] == 835
+
+
+# The kernels' own release (kernels/hopper/*.cu): lane 0 of every consumer warp arrives on empty[s] after its own
+# wgmma.wait_group, empty[s] expects 4 per consumer warpgroup, no warpgroup barrier. The proof must cover it.
+@pytest.mark.parametrize("stages,consumers,tiles,overlap", [(2, 2, 3, False), (2, 2, 5, True), (2, 3, 3, True),
+                                                            (4, 2, 9, True)])
+def test_the_kernels_per_warp_release_is_deadlock_free_and_never_overwrites(stages, consumers, tiles, overlap):
+    m = mc.hopper_ws(stages, consumers, tiles, consumer_warps=2, per_warp_release=True, overlap=overlap)
+    assert m.protocol["empty_expected_arrivals"] == 4 * consumers
+    r = mc.check(m)
+    assert _clean(r), r.verdict
+
+
+@pytest.mark.parametrize("empty_count,kind", [(9, "deadlock"), (7, "overwrite")])
+def test_a_per_warp_count_off_by_one_is_caught(empty_count, kind):
+    """Expect one arrival too many: the producer waits forever; one too few: it refills a stage a warp still
+    reads. (The kernel's FAULT_SKIP_RELEASE build is the first case, on the GPU, caught by the watchdog.)"""
+    r = mc.check(mc.hopper_ws(2, 2, 3, consumer_warps=2, per_warp_release=True, empty_count=empty_count))
+    if kind == "deadlock":
+        assert r.deadlock
+    else:
+        assert r.safety is not None and "overwrite" in r.safety["kind"]

@@ -31,12 +31,20 @@ def library_features():
         yield
 
 
-def test_the_fake_refuses_what_the_library_does_not_run_yet():
-    """Without the opt-in, a bf16 call fails at trace time exactly as it would eagerly."""
+def test_the_fake_refuses_what_the_library_does_not_run():
+    """No build runs D = 96 or fp32: the call fails at trace time exactly as it would eagerly, naming the supported
+    set; bf16 (a declared feature build) traces without any opt-in."""
     with FakeTensorMode():
-        q = _fake((1, 8, 64, 64), torch.bfloat16)
-        with pytest.raises(NotImplementedError, match="bfloat16 kernel variant is built but not yet verified"):
+        q = _fake((1, 8, 64, 96))
+        with pytest.raises(NotImplementedError, match=r"D=96 is not supported: q\.shape\[3\] must be one of "
+                                                      r"\{64, 128\}"):
             torch.ops.flashcore.attention(q, q, q)
+        q = _fake((1, 8, 64, 64), torch.float32)
+        with pytest.raises(TypeError, match=r"q\.dtype must be torch\.float16 or torch\.bfloat16, got torch\.float32"):
+            torch.ops.flashcore.attention(q, q, q)
+        q = _fake((1, 8, 64, 128), torch.bfloat16)
+        o = torch.ops.flashcore.attention(q, q, q, is_causal=True)
+        assert o.dtype == torch.bfloat16 and tuple(o.shape) == (1, 8, 64, 128)
 
 
 def cpu_attention(q, k, v, is_causal=False, scale=None, enable_gqa=False, copy=True, kernel=None):
