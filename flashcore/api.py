@@ -313,7 +313,7 @@ def attention(q, k, v, *, is_causal: bool = False, scale: Optional[float] = None
     if _is_compiling is None:
         _bind_torch()                                        # torch imported after flashcore: bind it now
     if _is_compiling is not None and _is_compiling():
-        return _op(q, k, v, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa, copy=copy, kernel=kernel)
+        return _op(q, k, v, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa, copy=copy, kernel_id=kernel)
     if scale is not None and scale.__class__ is not float:
         scale = check_scale(scale)                          # ints, numpy and torch scalars: one float in the key
     if is_causal.__class__ is not bool or enable_gqa.__class__ is not bool or copy.__class__ is not bool:

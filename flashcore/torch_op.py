@@ -55,13 +55,16 @@ def _desc(x, name: str):
 @torch.library.custom_op(NAME, mutates_args=(), device_types="cuda")
 def attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False,
                  scale: Optional[float] = None, enable_gqa: bool = False, copy: bool = True,
-                 kernel: Optional[str] = None) -> torch.Tensor:
-    """The CUDA implementation: the eager library call."""
-    return api.attention(q, k, v, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa, copy=copy, kernel=kernel)
+                 kernel_id: Optional[str] = None) -> torch.Tensor:
+    """The CUDA implementation: the eager library call. The forced kernel is ``kernel_id`` in the operator's schema:
+    an argument named ``kernel`` collides with Inductor's ``FallbackKernel.create(kernel, ...)`` (the first GPU
+    run of torch.compile failed on it: "got multiple values for argument 'kernel'")."""
+    return api.attention(q, k, v, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa, copy=copy,
+                         kernel=kernel_id)
 
 
 @attention_op.register_fake
-def _attention_fake(q, k, v, is_causal=False, scale=None, enable_gqa=False, copy=True, kernel=None):
+def _attention_fake(q, k, v, is_causal=False, scale=None, enable_gqa=False, copy=True, kernel_id=None):
     validate(_desc(q, "q"), _desc(k, "k"), _desc(v, "v"), scale=scale, copy=True, grad_enabled=False,
              is_causal=is_causal, enable_gqa=enable_gqa, support=dispatch.library_support(unverified=api._UNVERIFIED),
              devices=FAKE_DEVICE_TYPES)

@@ -47,7 +47,7 @@ def test_the_fake_refuses_what_the_library_does_not_run():
         assert o.dtype == torch.bfloat16 and tuple(o.shape) == (1, 8, 64, 128)
 
 
-def cpu_attention(q, k, v, is_causal=False, scale=None, enable_gqa=False, copy=True, kernel=None):
+def cpu_attention(q, k, v, is_causal=False, scale=None, enable_gqa=False, copy=True, kernel_id=None):
     """The CPU stand-in for the CUDA kernel: SDPA in fp32, cast back."""
     return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=is_causal, scale=scale,
                                           enable_gqa=k.shape[1] != q.shape[1]).to(q.dtype)
@@ -196,3 +196,11 @@ def test_import_order_does_not_matter():
             "    print(str(e)[:2000])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT).stdout
     assert "flashcore.attention.default" in out and "q.device must be a CUDA device, got cpu" in out
+
+
+def test_no_schema_argument_collides_with_inductors_own_parameters():
+    """Inductor lowers a custom op through FallbackKernel.create(kernel, *args, **kwargs): an operator argument named
+    ``kernel`` (ours was, until the first GPU run of torch.compile failed on it) or ``example_output`` breaks it."""
+    names = [a.name for a in torch.ops.flashcore.attention.default._schema.arguments]
+    assert "kernel_id" in names
+    assert not {"kernel", "example_output", "unbacked_bindings"} & set(names)
