@@ -502,7 +502,7 @@ def ptxas_rows(rec: Record) -> List[dict]:
 
 def sass_rows(rec: Record) -> List[dict]:
     ev = rec.get("extra", {}).get("sass") or {}
-    keys = ("HGMMA", "HMMA", "UTMALDG", "LDGSTS", "SYNCS", "USETMAXREG", "BAR", "MUFU.EX2")
+    keys = ("HGMMA", "UTMALDG", "LDGSTS", "SYNCS", "USETMAXREG", "MUFU.EX2")   # HMMA and BAR: see chapter 3
     return [dict({"kernel": label(k)}, **{x: e.get(x) for x in keys},
                  **{"local LDL+STL": (e.get("LDL", 0) + e.get("STL", 0)) if "LDL" in e else None})
             for k, e in ev.items() if "error" not in e]
